@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the embedded default end to end) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+PARAMS ?= params/default.yaml
+
+.PHONY: demo test venv clean-results
+
+# The virtual environment, from the tested pins (constraints.txt); rebuilt when the pins or the project change.
+$(BIN)/adagen: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(BIN)/adagen
+
+# The embedded default through Snakemake on all local cores, then the summary table and the wall time.
+demo: venv
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile $(PARAMS) all || exit $$?; \
+	set_name=$$(basename $(PARAMS) .yaml); \
+	cat results/$$set_name/summary.md; \
+	echo "make demo: $$(( $$(date +%s) - start )) s wall time for the pipeline (after install)"
+
+test: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-results:
+	rm -rf results/ logs/ .snakemake/ data/*/

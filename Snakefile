@@ -1,0 +1,16 @@
+# The AdaGen pipeline. Wiring only: the rules live in workflow/rules/, the work in `adagen <stage>`.
+#   snakemake --cores all all                                  embedded default (params/default.yaml)
+#   snakemake --cores all --configfile params/smoke.yaml all   another params set
+#   snakemake --profile slurm all                              on a SLURM cluster (workflow/profiles/slurm)
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/generators.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        str(PATHS.summary_csv),
+        str(PATHS.summary_md),
+    default_target: True

@@ -1,0 +1,148 @@
+"""`adagen <stage>`: one command per pipeline stage. Thin: parse, validate, record, call `adagen.stages`.
+
+Examples (from the repository root):
+
+    adagen prepare-data --params params/default.yaml
+    adagen pretrain --params params/default.yaml --paradigm dit
+    adagen sample --params params/default.yaml --paradigm dit --variant static
+    adagen evaluate --params params/smoke.yaml --paradigm dit --variant static --dry-run
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from adagen import stages
+from adagen.config import ParamsError, Paths, load_params, params_hash
+from adagen.generators import PARADIGMS
+
+params_option = click.option(
+    "--params", "params_path", required=True, metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
+    help="Params set (params/*.yaml); its file name names the output folders.",
+)
+dry_run_option = click.option("--dry-run", is_flag=True, help="Validate the params and print the plan; do nothing.")
+paradigm_option = click.option("--paradigm", required=True, type=click.Choice(sorted(PARADIGMS)),
+                               help="Generator paradigm.")
+variant_option = click.option("--variant", default="static", show_default=True, type=click.Choice(stages.VARIANTS),
+                              help="Sampling variant.")
+
+
+def _run_stage(stage: str, params_path: Path, dry_run: bool, outputs: Callable[[Paths], list[Path]],
+               work: Callable, paradigm: str | None = None, variant: str | None = None) -> None:
+    """Validate, then run `work(params, paths, run)` inside an MLflow run; errors become clear messages."""
+    try:
+        params = load_params(params_path)
+    except ParamsError as error:
+        raise click.ClickException(str(error)) from error
+    paths = Paths.for_params_file(params_path)
+    if paradigm is not None and paradigm not in params["paradigms"]:
+        raise click.ClickException(f"{params_path}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
+    if dry_run:
+        click.echo(f"[dry run] {stage} of params set {paths.set_name!r} would write:")
+        for path in outputs(paths):
+            click.echo(f"  {path}")
+        return
+    from adagen.tracking import stage_run  # MLflow is imported only by stages that actually run
+
+    try:
+        with stage_run(set_name=paths.set_name, stage=stage, params=params, params_hash=params_hash(params),
+                       paradigm=paradigm, variant=variant, inputs={"params": params_path}) as run:
+            work(params, paths, run)
+    except (stages.MissingInput, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="adagen")
+def main() -> None:
+    """AdaGen pipeline stages. Snakemake (`snakemake --cores all all`) and DVC (`dvc repro`) call these."""
+
+
+@main.command("prepare-data")
+@params_option
+@dry_run_option
+def prepare_data(params_path: Path, dry_run: bool) -> None:
+    """Export the dataset (bundled digits or your own) with a fixed train/val split and a content hash."""
+    _run_stage("prepare-data", params_path, dry_run, lambda p: [p.dataset, p.dataset_info], stages.prepare_data)
+
+
+@main.command("train-evaluator")
+@params_option
+@dry_run_option
+def train_evaluator(params_path: Path, dry_run: bool) -> None:
+    """Train the small classifier whose features the metrics use (embedded default)."""
+    _run_stage("train-evaluator", params_path, dry_run, lambda p: [p.evaluator, p.evaluator_info],
+               stages.train_evaluator)
+
+
+@main.command("refstats")
+@params_option
+@dry_run_option
+def refstats(params_path: Path, dry_run: bool) -> None:
+    """Cache the reference features of the val split; record the real-vs-real and noise sanity FIDs."""
+    _run_stage("refstats", params_path, dry_run, lambda p: [p.refstats_dir], stages.refstats)
+
+
+@main.command("pretrain")
+@params_option
+@paradigm_option
+@dry_run_option
+def pretrain(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """Train the embedded-size generator of a paradigm on the train split (resumes if interrupted)."""
+    _run_stage("pretrain", params_path, dry_run, lambda p: [p.generator(paradigm), p.generator_info(paradigm)],
+               lambda params, paths, run: stages.pretrain(params, paths, run, paradigm), paradigm=paradigm)
+
+
+@main.command("sample")
+@params_option
+@paradigm_option
+@variant_option
+@dry_run_option
+def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
+    """Sample class-balanced images with a variant's schedule: uint8 npz and a PNG grid."""
+    _run_stage("sample", params_path, dry_run, lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
+               lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
+               paradigm=paradigm, variant=variant)
+
+
+@main.command("evaluate")
+@params_option
+@paradigm_option
+@variant_option
+@dry_run_option
+def evaluate(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
+    """FID, IS, KID and precision/recall of a variant's samples against the val split (torch-fidelity)."""
+    _run_stage("evaluate", params_path, dry_run, lambda p: [p.metrics(paradigm, variant)],
+               lambda params, paths, run: stages.evaluate(params, paths, run, paradigm, variant),
+               paradigm=paradigm, variant=variant)
+
+
+@main.command("report")
+@params_option
+@dry_run_option
+def report(params_path: Path, dry_run: bool) -> None:
+    """summary.csv and summary.md of every paradigm and variant, with sanity figures and stage times."""
+
+    def work(params, paths, run):
+        stages.report(params, paths, run)
+        click.echo(paths.summary_md.read_text())
+
+    _run_stage("report", params_path, dry_run, lambda p: [p.summary_csv, p.summary_md], work)
+
+
+@main.command("validate")
+@params_option
+def validate(params_path: Path) -> None:
+    """Check a params file against the schema and the cross-key rules."""
+    try:
+        load_params(params_path)
+    except ParamsError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"{params_path}: valid")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Params sets: loading, schema validation with messages that name the key, and the pipeline's paths.
+
+A params set is one YAML file under `params/`; its stem (`default`, `smoke`, `imagenet`) names the set and
+the folders its outputs go to. The same schema is used by Snakemake (`workflow/rules/common.smk`) and by
+every `adagen` command, and the cross-key checks below run in both, so no stage starts on bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+def schema() -> dict:
+    """The params schema shipped with the package (workflow/schemas/ links to the same file)."""
+    text = resources.files("adagen").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(part) for part in error.absolute_path]
+    if error.validator == "required":
+        # The missing key is in the message, not the path: name it in full.
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        parts.append(missing)
+    if error.validator == "additionalProperties":
+        unexpected = [key for key in error.instance if key not in error.schema.get("properties", {})]
+        parts.append(",".join(sorted(unexpected)))
+    return ".".join(parts) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown key (allowed here: {allowed})"
+    return error.message
+
+
+def validate_params(params: Any, source: str = "params") -> dict:
+    """Check `params` against the schema and the cross-key rules; raise ParamsError listing every problem."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [f"{_key_path(error)}: {_describe(error)}" for error in errors]
+    if not problems:
+        problems = _cross_key_problems(params)
+    if problems:
+        raise ParamsError(f"{source}: invalid params\n" + "\n".join(f"  - {p}" for p in problems))
+    return params
+
+
+def _cross_key_problems(params: dict) -> list[str]:
+    """Rules a JSON schema cannot state clearly."""
+    problems = []
+    data = params["data"]
+    if data["source"] in ("folder", "npz") and not data["path"]:
+        problems.append(f"data.path: required when data.source is {data['source']!r}")
+    if params["evaluator"]["kind"] == "classifier" and params["evaluator"]["weights_path"]:
+        problems.append("evaluator.weights_path: only used by kind 'inception' (the classifier is trained)")
+    for paradigm in params["paradigms"]:
+        if paradigm not in params["generators"]:
+            problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
+    dit = params["generators"].get("dit")
+    if dit:
+        network, sampling = dit["network"], dit["sampling"]
+        if network["hidden_size"] % network["num_heads"]:
+            problems.append("generators.dit.network.num_heads: must divide hidden_size")
+        if data["resolution"] % network["patch_size"]:
+            problems.append("generators.dit.network.patch_size: must divide data.resolution")
+        if network["hidden_size"] % 4:
+            problems.append("generators.dit.network.hidden_size: must be a multiple of 4 (2-D sin-cos positions)")
+        if sampling["t_end"] >= sampling["t_start"]:
+            problems.append("generators.dit.sampling.t_end: must be below t_start (time runs from noise to data)")
+    return problems
+
+
+def load_params(path: str | Path) -> dict:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from error
+    return validate_params(params, source=str(path))
+
+
+def params_hash(params: dict) -> str:
+    """Short hash of a params set's content (order-independent), for run tags."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Stable output paths of one params set (DESIGN.md section 7); Snakefile and dvc.yaml use the same."""
+
+    set_name: str
+
+    @classmethod
+    def for_params_file(cls, params_path: str | Path) -> "Paths":
+        return cls(Path(params_path).stem)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path("data") / self.set_name
+
+    @property
+    def dataset(self) -> Path:
+        return self.data_dir / "dataset.npz"
+
+    @property
+    def dataset_info(self) -> Path:
+        return self.data_dir / "dataset.json"
+
+    @property
+    def refstats_dir(self) -> Path:
+        return self.data_dir / "refstats"
+
+    @property
+    def refstats_info(self) -> Path:
+        return self.refstats_dir / "refstats.json"
+
+    @property
+    def results_dir(self) -> Path:
+        return Path("results") / self.set_name
+
+    @property
+    def evaluator(self) -> Path:
+        return self.results_dir / "evaluator" / "classifier.pt"
+
+    @property
+    def evaluator_info(self) -> Path:
+        return self.results_dir / "evaluator" / "classifier.json"
+
+    def generator(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "generator" / "model.pt"
+
+    def generator_info(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "generator" / "model.json"
+
+    def generator_checkpoint(self, paradigm: str) -> Path:
+        """Resumable training state; not a pipeline output, so a failed run keeps it."""
+        return self.results_dir / paradigm / "generator" / "training-state.pt"
+
+    def samples(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / "samples" / f"{variant}.npz"
+
+    def grid(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / "samples" / f"{variant}.png"
+
+    def metrics(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / "metrics" / f"{variant}.json"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.results_dir / "summary.csv"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.results_dir / "summary.md"

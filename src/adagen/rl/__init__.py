@@ -1,0 +1,1 @@
+"""Rollouts of step-wise generators (and, later, PPO training of their policies)."""

@@ -1,0 +1,199 @@
+"""The pipeline's stages as plain functions of (params, paths, run): what each `adagen <stage>` does.
+
+The CLI parses and validates, opens the MLflow run and calls one of these; Snakemake and DVC call the CLI.
+Each stage reads only its inputs' files and writes its outputs atomically, with its wall time inside.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adagen.config import Paths, params_hash
+from adagen.data import export_dataset, load_dataset
+from adagen.generators import PARADIGMS
+from adagen.io import atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz
+from adagen.metrics import compute_reference, evaluate_images, sanity_figures, save_classifier, train_classifier
+from adagen.pretrain import train_generator
+from adagen.sampling import class_balanced_labels, sample_images, save_grid
+from adagen.tracking import StageRun
+
+VARIANTS = ("static",)  # sampling variants of every paradigm; the policy variants come with AdaGen training
+SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall", "n_samples", "seconds")
+
+
+class MissingInput(FileNotFoundError):
+    """A stage's input is absent: the message names it and the stage that makes it."""
+
+
+def require(path: Path, made_by: str) -> Path:
+    if not Path(path).exists():
+        raise MissingInput(f"missing input {path}: run `adagen {made_by}` (or the pipeline) first")
+    return Path(path)
+
+
+def prepare_data(params: dict, paths: Paths, run: StageRun) -> dict:
+    started = time.perf_counter()
+    info = export_dataset(params["data"], paths.dataset)
+    info["seconds"] = time.perf_counter() - started
+    save_json(paths.dataset_info, info)
+    run.log_metrics({"n_train": info["n_train"], "n_val": info["n_val"], "num_classes": info["num_classes"]})
+    run.log_artifact(paths.dataset_info)
+    return info
+
+
+def train_evaluator(params: dict, paths: Paths, run: StageRun) -> dict:
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    settings = {key: params["evaluator"][key] for key in ("width", "feature_dim", "epochs", "batch_size", "lr", "seed")}
+    model, info = train_classifier(
+        dataset.train_images, dataset.train_labels, dataset.val_images, dataset.val_labels,
+        num_classes=dataset.num_classes, report=run.log_metrics, **settings,
+    )
+    info = {**info, "seconds": time.perf_counter() - started}
+    save_classifier(paths.evaluator, model, info)
+    save_json(paths.evaluator_info, info)
+    run.log_artifact(paths.evaluator_info)
+    return info
+
+
+def refstats(params: dict, paths: Paths, run: StageRun) -> dict:
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    evaluator = require(paths.evaluator, "train-evaluator")
+    args = (params["evaluator"], params["metrics"], evaluator, paths.refstats_dir)
+    info = compute_reference(dataset.val_images, *args)
+    info["sanity"] = sanity_figures(dataset.train_images, dataset.val_images, *args)
+    info["seconds"] = time.perf_counter() - started
+    save_json(paths.refstats_info, info)
+    run.log_metrics(info["sanity"])
+    run.log_artifact(paths.refstats_info)
+    return info
+
+
+def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    section = params["generators"][paradigm]
+    spec = PARADIGMS[paradigm]
+    network = spec.build_network(section["network"], resolution=dataset.resolution, channels=dataset.channels,
+                                 num_classes=dataset.num_classes)
+    dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
+    fingerprint = params_hash({"data": dataset_hash, "network": section["network"], "pretrain": section["pretrain"]})
+    checkpoint = paths.generator_checkpoint(paradigm)
+    ema, summary = train_generator(
+        network, spec.training_loss, dataset.train_images, dataset.train_labels, **section["pretrain"],
+        checkpoint_path=checkpoint, fingerprint=fingerprint, report=run.log_metrics,
+    )
+    save_checkpoint(paths.generator(paradigm), {
+        "paradigm": paradigm, "config": asdict(ema.config), "state_dict": ema.state_dict(),
+    })
+    checkpoint.unlink(missing_ok=True)  # the finished model supersedes the resumable state
+    info = {**summary, "parameters": sum(p.numel() for p in ema.parameters()),
+            "seconds": time.perf_counter() - started}
+    save_json(paths.generator_info(paradigm), info)
+    run.log_metrics({"parameters": info["parameters"]})
+    return info
+
+
+def load_generator(params: dict, paths: Paths, paradigm: str):
+    """The step-wise sampler of a pretrained generator with the params set's baseline schedule."""
+    spec = PARADIGMS[paradigm]
+    network = spec.load_network(load_checkpoint(require(paths.generator(paradigm), f"pretrain --paradigm {paradigm}")))
+    return spec.make_generator(network, params["generators"][paradigm]["sampling"])
+
+
+def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
+    torch.manual_seed(params["sample"]["seed"])
+    generator = load_generator(params, paths, paradigm)
+    num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
+    labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
+    result = sample_images(generator, labels, seed=params["sample"]["seed"], batch_size=params["sample"]["batch_size"])
+    save_npz(paths.samples(paradigm, variant), images=result["images"], labels=result["labels"],
+             nfe=np.int64(result["nfe"]), forwards=np.int64(result["forwards"]), seconds=np.float64(result["seconds"]))
+    save_grid(paths.grid(paradigm, variant), result["images"], result["labels"])
+    run.log_metrics({"nfe": result["nfe"], "forwards": result["forwards"], "seconds": result["seconds"]})
+    run.log_artifact(paths.grid(paradigm, variant))
+    return {key: result[key] for key in ("nfe", "forwards", "seconds")}
+
+
+def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
+    started = time.perf_counter()
+    samples = load_npz(require(paths.samples(paradigm, variant), f"sample --paradigm {paradigm} --variant {variant}"))
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    scores = evaluate_images(samples["images"], dataset.val_images, params["evaluator"], params["metrics"],
+                             require(paths.evaluator, "train-evaluator"), require(paths.refstats_dir, "refstats"))
+    payload = {
+        **scores, "paradigm": paradigm, "variant": variant, "nfe": int(samples["nfe"]),
+        "forwards": int(samples["forwards"]), "seconds": float(samples["seconds"]),
+        "evaluate_seconds": time.perf_counter() - started, "settings": params["generators"][paradigm]["sampling"],
+    }
+    save_json(paths.metrics(paradigm, variant), payload)
+    run.log_metrics({key: value for key, value in scores.items() if isinstance(value, (int, float))})
+    run.log_artifact(paths.metrics(paradigm, variant))
+    return payload
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
+    """summary.csv and summary.md: one row per paradigm and variant, the sanity figures and stage times."""
+    rows = []
+    for paradigm in params["paradigms"]:
+        for variant in VARIANTS:
+            metrics = load_json(require(paths.metrics(paradigm, variant), f"evaluate --paradigm {paradigm}"))
+            rows.append({column: metrics[column] if column in metrics else "" for column in SUMMARY_COLUMNS})
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(paths.summary_csv) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+    refstats_info = load_json(require(paths.refstats_info, "refstats"))
+    lines = [f"# adagen summary: params set `{paths.set_name}`", "",
+             "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in SUMMARY_COLUMNS) + " |" for row in rows]
+    sanity = refstats_info["sanity"]
+    lines += ["", "Sanity figures of the feature network (FID against the val split): "
+              f"train split {sanity['fid_train_vs_val']:.3g} (floor: real vs real), "
+              f"uniform noise {sanity['fid_noise_vs_val']:.4g} (ceiling).", "", "## Stage wall times (s)", "",
+              "| stage | seconds |", "|---|---|"]
+    for stage, seconds in stage_times(params, paths).items():
+        lines.append(f"| {stage} | {seconds:.1f} |")
+    lines += ["", "## Samples", ""]
+    for paradigm in params["paradigms"]:
+        for variant in VARIANTS:
+            grid = paths.grid(paradigm, variant).relative_to(paths.results_dir)
+            lines.append(f"**{paradigm} / {variant}**\n\n![{paradigm} {variant}]({grid})\n")
+    with atomic_path(paths.summary_md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    run.log_artifact(paths.summary_csv)
+    run.log_artifact(paths.summary_md)
+    return rows
+
+
+def stage_times(params: dict, paths: Paths) -> dict[str, float]:
+    """Wall time of every stage, read back from the seconds each one stored in its output."""
+    times = {
+        "prepare-data": load_json(paths.dataset_info)["seconds"],
+        "train-evaluator": load_json(paths.evaluator_info)["seconds"],
+        "refstats": load_json(paths.refstats_info)["seconds"],
+    }
+    for paradigm in params["paradigms"]:
+        times[f"pretrain {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
+        for variant in VARIANTS:
+            metrics = load_json(paths.metrics(paradigm, variant))
+            times[f"sample {paradigm} {variant}"] = metrics["seconds"]
+            times[f"evaluate {paradigm} {variant}"] = metrics["evaluate_seconds"]
+    return times

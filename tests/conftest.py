@@ -1,0 +1,44 @@
+"""Shared fixtures: offline hygiene and a throwaway MLflow store for every test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def offline_environment(tmp_path_factory, monkeypatch):
+    """No hub downloads, no analytics, and MLflow/torch caches in a temporary folder."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    """The repository's tracked and unignored files, copied into a fresh git repository."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    target = tmp_path / "project"
+    for name in listed:
+        source = REPO / name
+        if source.is_symlink() or source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name, follow_symlinks=False)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=target, check=True)
+    return target

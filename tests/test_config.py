@@ -1,0 +1,128 @@
+"""Params validation: every bad params file stops before any work, with a message naming the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from adagen.cli import main
+from adagen.config import ParamsError, Paths, load_params, schema, validate_params
+from conftest import REPO, load_yaml
+
+DEFAULT = load_yaml(REPO / "params" / "default.yaml")
+
+
+def test_shipped_params_sets_are_valid():
+    for path in sorted((REPO / "params").glob("*.yaml")):
+        assert load_params(path)["paradigms"], path
+
+
+def test_workflow_schema_is_the_package_schema():
+    workflow_schema = REPO / "workflow" / "schemas" / "params.schema.yaml"
+    assert yaml.safe_load(workflow_schema.read_text()) == schema()
+
+
+def _set(params: dict, dotted: str, value) -> dict:
+    params = copy.deepcopy(params)
+    *parents, last = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+_DELETE = object()
+
+BAD_PARAMS = [
+    # (dotted key, new value, text the message must contain)
+    ("generators.dit.pretrain.lrate", 0.1, "generators.dit.pretrain.lrate: unknown key"),
+    ("data.resoluton", 32, "data.resoluton: unknown key"),
+    ("data.resolution", "32", "data.resolution: '32' is not of type 'integer'"),
+    ("data.channels", 2, "data.channels"),
+    ("data.val_fraction", 1.5, "data.val_fraction"),
+    ("sample.n_samples", -3, "sample.n_samples"),
+    ("generators.dit.sampling.cfg", -1.0, "generators.dit.sampling.cfg"),
+    ("generators.dit.sampling.nfe", 0, "generators.dit.sampling.nfe"),
+    ("sample.seed", _DELETE, "sample.seed"),
+    ("paradigms", ["dit", "gan"], "paradigms.1"),
+    ("data.source", "folder", "data.path: required when data.source is 'folder'"),
+    ("generators.dit.network.num_heads", 3, "generators.dit.network.num_heads: must divide hidden_size"),
+    ("generators.dit.sampling.t_end", 0.95, "generators.dit.sampling.t_end: must be below t_start"),
+]
+
+
+@pytest.mark.parametrize("dotted,value,expected", BAD_PARAMS, ids=[case[0] for case in BAD_PARAMS])
+def test_bad_params_are_rejected_with_the_key_named(dotted, value, expected):
+    with pytest.raises(ParamsError) as caught:
+        validate_params(_set(DEFAULT, dotted, value), "bad.yaml")
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith("bad.yaml")
+
+
+def test_all_problems_are_reported_at_once():
+    params = _set(_set(DEFAULT, "data.resolution", "x"), "metrics.batch_sizee", 3)
+    with pytest.raises(ParamsError) as caught:
+        validate_params(params, "bad.yaml")
+    assert "data.resolution" in str(caught.value) and "metrics.batch_sizee" in str(caught.value)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(listing)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("stage", ["prepare-data", "train-evaluator", "refstats", "report"])
+def test_cli_stops_before_any_work(tmp_path, monkeypatch, stage):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "params" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text(yaml.safe_dump(_set(DEFAULT, "evaluator.epoch", 3)))
+    result = CliRunner().invoke(main, [stage, "--params", str(bad)])
+    assert result.exit_code != 0
+    assert "evaluator.epoch: unknown key" in result.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_rejects_a_paradigm_not_in_the_set(tmp_path):
+    params = tmp_path / "one.yaml"
+    params.write_text(yaml.safe_dump(DEFAULT))
+    result = CliRunner().invoke(main, ["pretrain", "--params", str(params), "--paradigm", "sit"])
+    assert result.exit_code != 0 and "sit" in result.output
+
+
+def test_dry_run_lists_outputs_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "mine.yaml"
+    params.write_text(yaml.safe_dump(DEFAULT))
+    result = CliRunner().invoke(main, ["sample", "--params", str(params), "--paradigm", "dit", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert str(Paths("mine").samples("dit", "static")) in result.output
+    assert list(tmp_path.iterdir()) == [params]
+
+
+def test_snakemake_rejects_a_bad_params_file_naming_the_key(project_copy):
+    bad = project_copy / "params" / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_set(DEFAULT, "sample.batch_sise", 8)))
+    result = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", "params/bad.yaml", "all"],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "batch_sise" in result.stdout + result.stderr
+    assert not (project_copy / "results").exists()

@@ -1,0 +1,31 @@
+# Params set, validation and paths shared by every rule.
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from adagen.config import Paths, validate_params
+from adagen.generators import PARADIGMS
+from adagen.stages import VARIANTS
+
+min_version("9.0")
+
+# One params file per run: the one given with --configfile, else the embedded default. Loading the default
+# only when none is given keeps keys of default.yaml from leaking into another set by config merging.
+if workflow.overwrite_configfiles:
+    PARAMS_FILE = str(workflow.overwrite_configfiles[-1])
+else:
+    PARAMS_FILE = "params/default.yaml"
+
+    configfile: PARAMS_FILE
+
+
+PARAMS_FILE = os.path.relpath(PARAMS_FILE) if Path(PARAMS_FILE).is_absolute() else PARAMS_FILE
+validate(config, "../schemas/params.schema.yaml")
+validate_params(config, PARAMS_FILE)  # the cross-key rules the CLI applies too
+PATHS = Paths.for_params_file(PARAMS_FILE)
+LOGS = f"logs/{PATHS.set_name}"
+
+
+wildcard_constraints:
+    paradigm="|".join(PARADIGMS),
+    variant="|".join(VARIANTS),

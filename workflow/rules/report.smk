@@ -1,0 +1,18 @@
+# The summary table, sanity figures, stage times and sample grids of the params set.
+
+
+rule report:
+    input:
+        metrics=expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
+        grids=expand(str(PATHS.grid("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
+        models=expand(str(PATHS.generator_info("{paradigm}")), paradigm=config["paradigms"]),
+        refstats=str(PATHS.refstats_dir),
+        evaluator=str(PATHS.evaluator_info),
+        dataset=str(PATHS.dataset_info),
+    output:
+        csv=str(PATHS.summary_csv),
+        md=str(PATHS.summary_md),
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "adagen report --params {PARAMS_FILE} > {log} 2>&1"
