@@ -1,0 +1,75 @@
+"""Snakemake and DVC run the same commands with the same outputs; packaging files agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+import yaml
+
+from conftest import REPO
+
+
+def snakemake_jobs(workdir, *extra) -> dict[str, set[str]]:
+    """{shell command without its log redirection: outputs} from a forced dry run."""
+    result = subprocess.run(["snakemake", "-n", "-p", "--forceall", "--cores", "1", *extra, "all"], cwd=workdir,
+                            capture_output=True, text=True, check=True)
+    jobs, outputs = {}, set()
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("output:"):
+            outputs = {path.strip() for path in line.removeprefix("output:").split(",")}
+        elif line.startswith("Shell command:"):
+            command = re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", line.removeprefix("Shell command:").strip())
+            if command != "None":  # the target rule `all` runs nothing
+                jobs[" ".join(command.split())] = outputs
+    return jobs
+
+
+def dvc_stages(workdir) -> dict[str, set[str]]:
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        return {" ".join(stage.cmd.split()): {out.def_path for out in stage.outs} for stage in repo.index.stages}
+
+
+def test_snakemake_and_dvc_agree_on_commands_and_outputs():
+    snakemake = snakemake_jobs(REPO)
+    dvc = dvc_stages(REPO)
+    assert len(snakemake) == 7
+    assert snakemake.keys() == dvc.keys()
+    for command, outputs in snakemake.items():
+        assert outputs == dvc[command], command
+
+
+def test_every_cli_stage_is_in_the_pipeline():
+    from adagen.cli import main
+
+    commands = {name for name in main.commands if name != "validate"}
+    used = {command.split()[1] for command in dvc_stages(REPO)}
+    assert used == commands
+
+
+def test_environment_yml_lists_every_dependency_of_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[<>=!~\[ ]", requirement)[0].lower() for requirement in project["dependencies"]}
+    wanted |= {re.split(r"[<>=!~\[ ]", r)[0].lower() for r in project["optional-dependencies"]["test"]}
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
+    listed = {re.split(r"[<>=!~\[ ]", entry)[0].lower() for entry in pip_section if not entry.startswith("-e")}
+    assert wanted == listed
+
+
+def test_environment_yml_pins_match_constraints():
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version.strip()
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
+    for entry in pip_section:
+        if "==" in entry:
+            name, version = entry.split("==")
+            assert pins[name.lower().replace("_", "-")] == version, entry
