@@ -19,7 +19,7 @@ venv: $(BIN)/adagen
 # The embedded default through Snakemake on all local cores, then the summary table and the wall time.
 demo: venv
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile $(PARAMS) all || exit $$?; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --configfile $(PARAMS) --cores $(CORES) all || exit $$?; \
 	set_name=$$(basename $(PARAMS) .yaml); \
 	cat results/$$set_name/summary.md; \
 	echo "make demo: $$(( $$(date +%s) - start )) s wall time for the pipeline (after install)"

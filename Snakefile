@@ -1,6 +1,6 @@
 # The AdaGen pipeline. Wiring only: the rules live in workflow/rules/, the work in `adagen <stage>`.
 #   snakemake --cores all all                                  embedded default (params/default.yaml)
-#   snakemake --cores all --configfile params/smoke.yaml all   another params set
+#   snakemake --configfile params/smoke.yaml --cores all all   another params set
 #   snakemake --profile slurm all                              on a SLURM cluster (workflow/profiles/slurm)
 
 include: "workflow/rules/common.smk"

@@ -27,12 +27,10 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-@pytest.fixture
-def project_copy(tmp_path) -> Path:
-    """The repository's tracked and unignored files, copied into a fresh git repository."""
+def copy_project(target: Path) -> Path:
+    """The repository's tracked and unignored files (no .venv, no results), in a fresh git repository."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split()
-    target = tmp_path / "project"
     for name in listed:
         source = REPO / name
         if source.is_symlink() or source.is_file():
@@ -42,3 +40,8 @@ def project_copy(tmp_path) -> Path:
                     ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=target, check=True)
     return target
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    return copy_project(tmp_path / "project")

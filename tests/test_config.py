@@ -121,7 +121,7 @@ def test_dry_run_lists_outputs_and_writes_nothing(tmp_path, monkeypatch):
 def test_snakemake_rejects_a_bad_params_file_naming_the_key(project_copy):
     bad = project_copy / "params" / "bad.yaml"
     bad.write_text(yaml.safe_dump(_set(DEFAULT, "sample.batch_sise", 8)))
-    result = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", "params/bad.yaml", "all"],
+    result = subprocess.run(["snakemake", "-n", "--configfile", "params/bad.yaml", "--cores", "1", "all"],
                             cwd=project_copy, capture_output=True, text=True)
     assert result.returncode != 0
     assert "batch_sise" in result.stdout + result.stderr

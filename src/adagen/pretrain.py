@@ -56,13 +56,14 @@ def train_generator(
     checkpoint_path: str | Path,
     fingerprint: str,
     report: Report | None = None,
-    log_every: int = 50,
+    log_every: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train `network` on uint8 (N, C, H, W) `images`; return its EMA copy (eval mode) and a summary.
 
     `fingerprint` identifies the run's settings: a checkpoint with another fingerprint is ignored (and
     overwritten), so a changed params set never resumes from a stale state.
     """
+    log_every = log_every or max(1, min(50, steps // 20))  # a curve of about 20+ points even for short runs
     torch.manual_seed(seed)
     data = torch.from_numpy(images).float() / 255.0
     targets = torch.from_numpy(labels).long()

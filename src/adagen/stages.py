@@ -82,6 +82,7 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     section = params["generators"][paradigm]
     spec = PARADIGMS[paradigm]
+    torch.manual_seed(section["pretrain"]["seed"])  # the initial weights belong to the run's seed too
     network = spec.build_network(section["network"], resolution=dataset.resolution, channels=dataset.channels,
                                  num_classes=dataset.num_classes)
     dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]

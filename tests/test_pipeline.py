@@ -1,0 +1,118 @@
+"""End to end: the smoke params set through Snakemake, then DVC on the same outputs, with MLflow runs.
+
+One run of the whole DAG is shared by the tests of this module (it takes a minute or two on 2 cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import copy_project
+
+STAGES = {"prepare-data", "train-evaluator", "refstats", "pretrain", "sample", "evaluate", "report"}
+pytestmark = pytest.mark.slow
+
+
+def run(command: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished_smoke_run(tmp_path_factory):
+    """A project copy on which `snakemake --configfile params/smoke.yaml --cores 2 all` has run."""
+    monkeypatch = pytest.MonkeyPatch()
+    # The tools of this environment first on PATH, and MLflow's default store (sqlite at the project root).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    first = run(["snakemake", "--configfile", "params/smoke.yaml", "--cores", "2", "all"], project)
+    yield project, first
+    monkeypatch.undo()
+
+
+def test_outputs_of_every_stage(finished_smoke_run):
+    project, _ = finished_smoke_run
+    results = project / "results" / "smoke"
+    with open(results / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall",
+                             "n_samples", "seconds"]
+    assert [(row["paradigm"], row["variant"], row["nfe"], row["n_samples"]) for row in rows] == \
+        [("dit", "static", "4", "40")]
+    assert np.isfinite(float(rows[0]["fid"])) and float(rows[0]["fid"]) > 0
+    summary = (results / "summary.md").read_text()
+    assert "| dit | static | 4 |" in summary and "uniform noise" in summary and "pretrain dit" in summary
+    samples = np.load(results / "dit" / "samples" / "static.npz")
+    assert samples["images"].dtype == np.uint8 and samples["images"].shape == (40, 1, 16, 16)
+    assert (results / "dit" / "samples" / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((results / "dit" / "metrics" / "static.json").read_text())
+    assert {"fid", "isc", "kid", "precision", "recall", "n_samples", "nfe", "forwards", "seconds"} <= set(metrics)
+    assert metrics["forwards"] == 2 * metrics["nfe"] == 8
+    refstats = json.loads((project / "data" / "smoke" / "refstats" / "refstats.json").read_text())
+    assert refstats["sanity"]["fid_noise_vs_val"] > 10 * refstats["sanity"]["fid_train_vs_val"]
+    # Nothing half-written is left behind.
+    assert not list(project.rglob(".*.tmp*"))
+
+
+def test_a_second_run_does_nothing(finished_smoke_run):
+    project, _ = finished_smoke_run
+    again = run(["snakemake", "-n", "--configfile", "params/smoke.yaml", "--cores", "2", "all"], project)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_mlflow_has_one_finished_run_per_stage(finished_smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    project, _ = finished_smoke_run
+    assert (project / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags["stage"] for r in runs} == STAGES and len(runs) == len(STAGES)
+    for stage_run in runs:
+        assert stage_run.info.status == "FINISHED"
+        assert stage_run.data.tags["params_hash"] and stage_run.data.tags["git_commit"] != "unknown"
+        assert stage_run.data.params["generators.dit.sampling.nfe"] == "4"
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    losses = client.get_metric_history(by_stage["pretrain"].info.run_id, "train/loss")
+    assert len(losses) >= 2  # a curve, not a single number
+    artifacts = [a.path for a in client.list_artifacts(by_stage["sample"].info.run_id)]
+    assert "static.png" in artifacts
+    assert by_stage["evaluate"].data.metrics["fid"] > 0
+
+
+def test_dvc_records_the_snakemake_outputs_and_reruns_one_paradigm(finished_smoke_run):
+    project, _ = finished_smoke_run
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("set: default", "set: smoke")
+                        .replace("params/default.yaml:paradigms", "params/smoke.yaml:paradigms"))
+    run(["dvc", "commit", "--force"], project)
+    status = run(["dvc", "status"], project)
+    assert "up to date" in status.stdout, status.stdout
+    model = project / "results" / "smoke" / "dit" / "generator" / "model.pt"
+    model_mtime = model.stat().st_mtime_ns
+
+    params_file = project / "params" / "smoke.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["generators"]["dit"]["sampling"]["nfe"] = 3
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], project)
+    assert "sample@dit" in status.stdout and "pretrain@dit" not in status.stdout
+    repro = run(["dvc", "repro", "evaluate@dit"], project)
+    assert "Running stage 'sample@dit'" in repro.stdout and "Running stage 'pretrain@dit'" not in repro.stdout
+    assert model.stat().st_mtime_ns == model_mtime
+    metrics = json.loads((project / "results" / "smoke" / "dit" / "metrics" / "static.json").read_text())
+    assert metrics["nfe"] == 3
