@@ -116,3 +116,54 @@ def test_dvc_records_the_snakemake_outputs_and_reruns_one_paradigm(finished_smok
     assert model.stat().st_mtime_ns == model_mtime
     metrics = json.loads((project / "results" / "smoke" / "dit" / "metrics" / "static.json").read_text())
     assert metrics["nfe"] == 3
+
+
+def test_mlflow_ui_serves_the_runs(finished_smoke_run):
+    """`mlflow ui` on the project's store answers with the runs, their params, curves and artifacts."""
+    import socket
+    import time
+    import urllib.request
+
+    project, _ = finished_smoke_run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=project, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow ui did not start")
+                time.sleep(0.5)
+        experiment = call("/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke")["experiment"]
+        runs = call("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        stages = {tag["value"] for run_ in runs for tag in run_["data"]["tags"] if tag["key"] == "stage"}
+        assert stages == STAGES
+        pretrain = next(r for r in runs if {"key": "stage", "value": "pretrain"} in r["data"]["tags"])
+        assert any(p["key"] == "generators.dit.pretrain.steps" for p in pretrain["data"]["params"])
+        run_id = pretrain["info"]["run_id"]
+        history = call(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=train/loss")["metrics"]
+        assert len(history) >= 2
+        sample = next(r for r in runs if {"key": "stage", "value": "sample"} in r["data"]["tags"])
+        files = call(f"/api/2.0/mlflow/artifacts/list?run_id={sample['info']['run_id']}")["files"]
+        assert "static.png" in {entry["path"] for entry in files}
+        with urllib.request.urlopen(base + "/", timeout=10) as response:
+            assert b"<html" in response.read().lower()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
