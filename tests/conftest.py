@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -14,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def offline_environment(tmp_path_factory, monkeypatch):
-    """No hub downloads, no analytics, and MLflow/torch caches in a temporary folder."""
+    """This environment's tools first on PATH; no hub downloads, no analytics; MLflow/torch caches in a
+    temporary folder."""
     home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))

@@ -157,3 +157,14 @@ def test_registry_round_trip_through_a_checkpoint(tmp_path):
     loaded = PARADIGMS["dit"].load_network(load_checkpoint(tmp_path / "model.pt"))
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([500.0, 20.0]), torch.tensor([0, 4])
     torch.testing.assert_close(loaded(x, t, y), network.eval()(x, t, y))
+
+
+def test_min_snr_weighting_only_lowers_the_weight_of_high_snr_times():
+    network = tiny_dit()
+    images, labels = torch.rand(16, 1, 16, 16), torch.arange(16) % 4
+
+    def loss(gamma):
+        return training_loss(network, images, labels, torch.Generator().manual_seed(5), min_snr_gamma=gamma)
+
+    torch.testing.assert_close(loss(1e12), loss(0.0))  # gamma above every SNR: the plain epsilon loss
+    assert loss(1.0) < loss(0.0)

@@ -7,6 +7,7 @@ Each stage reads only its inputs' files and writes its outputs atomically, with 
 from __future__ import annotations
 
 import csv
+import functools
 import io as text_io
 import time
 from dataclasses import asdict
@@ -86,10 +87,11 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     network = spec.build_network(section["network"], resolution=dataset.resolution, channels=dataset.channels,
                                  num_classes=dataset.num_classes)
     dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
-    fingerprint = params_hash({"data": dataset_hash, "network": section["network"], "pretrain": section["pretrain"]})
+    fingerprint = params_hash({"data": dataset_hash, **{key: section.get(key) for key in ("network", "objective", "pretrain")}})
     checkpoint = paths.generator_checkpoint(paradigm)
+    loss_fn = functools.partial(spec.training_loss, **section.get("objective", {}))
     ema, summary = train_generator(
-        network, spec.training_loss, dataset.train_images, dataset.train_labels, **section["pretrain"],
+        network, loss_fn, dataset.train_images, dataset.train_labels, **section["pretrain"],
         checkpoint_path=checkpoint, fingerprint=fingerprint, report=run.log_metrics,
     )
     save_checkpoint(paths.generator(paradigm), {
