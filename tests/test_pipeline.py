@@ -19,6 +19,8 @@ import yaml
 from conftest import copy_project
 
 STAGES = {"prepare-data", "train-evaluator", "refstats", "pretrain", "sample", "evaluate", "report"}
+PER_PARADIGM = {"pretrain", "sample", "evaluate"}
+PARADIGMS = ["dit", "sit"]  # those of params/smoke.yaml
 pytestmark = pytest.mark.slow
 
 
@@ -51,10 +53,12 @@ def test_outputs_of_every_stage(finished_smoke_run):
     assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall",
                              "n_samples", "seconds"]
     assert [(row["paradigm"], row["variant"], row["nfe"], row["n_samples"]) for row in rows] == \
-        [("dit", "static", "4", "40")]
-    assert np.isfinite(float(rows[0]["fid"])) and float(rows[0]["fid"]) > 0
+        [(paradigm, "static", "4", "40") for paradigm in PARADIGMS]
+    assert all(np.isfinite(float(row["fid"])) and float(row["fid"]) > 0 for row in rows)
     summary = (results / "summary.md").read_text()
-    assert "| dit | static | 4 |" in summary and "uniform noise" in summary and "pretrain dit" in summary
+    assert "uniform noise" in summary
+    for paradigm in PARADIGMS:
+        assert f"| {paradigm} | static | 4 |" in summary and f"pretrain {paradigm}" in summary
     samples = np.load(results / "dit" / "samples" / "static.npz")
     assert samples["images"].dtype == np.uint8 and samples["images"].shape == (40, 1, 16, 16)
     assert (results / "dit" / "samples" / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,12 +85,15 @@ def test_mlflow_has_one_finished_run_per_stage(finished_smoke_run):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.data.tags["stage"] for r in runs} == STAGES and len(runs) == len(STAGES)
+    assert {r.data.tags["stage"] for r in runs} == STAGES
+    assert len(runs) == len(STAGES) + (len(PARADIGMS) - 1) * len(PER_PARADIGM)
+    for stage in PER_PARADIGM:
+        assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == stage) == PARADIGMS
     for stage_run in runs:
         assert stage_run.info.status == "FINISHED"
         assert stage_run.data.tags["params_hash"] and stage_run.data.tags["git_commit"] != "unknown"
         assert stage_run.data.params["generators.dit.sampling.nfe"] == "4"
-    by_stage = {r.data.tags["stage"]: r for r in runs}
+    by_stage = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("paradigm", "dit") == "dit"}
     losses = client.get_metric_history(by_stage["pretrain"].info.run_id, "train/loss")
     assert len(losses) >= 2  # a curve, not a single number
     artifacts = [a.path for a in client.list_artifacts(by_stage["sample"].info.run_id)]

@@ -37,16 +37,32 @@ def dvc_stages(workdir) -> dict[str, set[str]]:
 def test_snakemake_and_dvc_agree_on_commands_and_outputs():
     snakemake = snakemake_jobs(REPO)
     dvc = dvc_stages(REPO)
-    assert len(snakemake) == 7
+    assert len(snakemake) == 4 + 3 * 2  # data, evaluator, refstats, report + 3 stages x 2 paradigms
     assert snakemake.keys() == dvc.keys()
     for command, outputs in snakemake.items():
         assert outputs == dvc[command], command
 
 
+def test_dvc_report_depends_on_every_paradigm_of_the_default_set():
+    from dvc.repo import Repo
+
+    from adagen.config import Paths, load_params
+    from adagen.stages import VARIANTS
+
+    params, paths = load_params(REPO / "params" / "default.yaml"), Paths("default")
+    with Repo(str(REPO)) as repo:
+        report = next(stage for stage in repo.index.stages if stage.cmd.startswith("adagen report"))
+        deps = {dep.def_path for dep in report.deps}
+    for paradigm in params["paradigms"]:
+        assert str(paths.generator_info(paradigm)) in deps
+        for variant in VARIANTS:
+            assert {str(paths.metrics(paradigm, variant)), str(paths.grid(paradigm, variant))} <= deps
+
+
 def test_every_cli_stage_is_in_the_pipeline():
     from adagen.cli import main
 
-    commands = {name for name in main.commands if name != "validate"}
+    commands = {name for name in main.commands if name not in ("validate", "info")}
     used = {command.split()[1] for command in dvc_stages(REPO)}
     assert used == commands
 

@@ -133,6 +133,16 @@ def report(params_path: Path, dry_run: bool) -> None:
     _run_stage("report", params_path, dry_run, lambda p: [p.summary_csv, p.summary_md], work)
 
 
+@main.command("info")
+def info() -> None:
+    """Parameter counts of the paper's full-size networks (built on the meta device: no memory, no weights)."""
+    from adagen.generators import full_size_parameter_counts
+
+    click.echo(f"{'paradigm':<10} {'setting':<12} {'parameters':>15}")
+    for (paradigm, setting), count in full_size_parameter_counts().items():
+        click.echo(f"{paradigm:<10} {setting:<12} {count:>15,d}  ({count / 1e6:.1f}M)")
+
+
 @main.command("validate")
 @params_option
 def validate(params_path: Path) -> None:

@@ -72,17 +72,22 @@ def _cross_key_problems(params: dict) -> list[str]:
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
-    dit = params["generators"].get("dit")
-    if dit:
-        network, sampling = dit["network"], dit["sampling"]
+    # Time runs from noise to data: down in VP time (DiT), up on SiT's interpolant.
+    for paradigm, time_runs_down in (("dit", True), ("sit", False)):
+        section = params["generators"].get(paradigm)
+        if not section:
+            continue
+        network, sampling, key = section["network"], section["sampling"], f"generators.{paradigm}"
         if network["hidden_size"] % network["num_heads"]:
-            problems.append("generators.dit.network.num_heads: must divide hidden_size")
+            problems.append(f"{key}.network.num_heads: must divide hidden_size")
         if data["resolution"] % network["patch_size"]:
-            problems.append("generators.dit.network.patch_size: must divide data.resolution")
+            problems.append(f"{key}.network.patch_size: must divide data.resolution")
         if network["hidden_size"] % 4:
-            problems.append("generators.dit.network.hidden_size: must be a multiple of 4 (2-D sin-cos positions)")
-        if sampling["t_end"] >= sampling["t_start"]:
-            problems.append("generators.dit.sampling.t_end: must be below t_start (time runs from noise to data)")
+            problems.append(f"{key}.network.hidden_size: must be a multiple of 4 (2-D sin-cos positions)")
+        if time_runs_down and sampling["t_end"] >= sampling["t_start"]:
+            problems.append(f"{key}.sampling.t_end: must be below t_start (time runs from noise at 1 to data at 0)")
+        if not time_runs_down and sampling["t_end"] <= sampling["t_start"]:
+            problems.append(f"{key}.sampling.t_end: must be above t_start (time runs from noise at 0 to data at 1)")
     return problems
 
 

@@ -182,6 +182,12 @@ class DiT(nn.Module):
         return self.forward_with_features(x_BCHW, t_B, labels_B)[0]
 
 
+# The paper's setting: DiT-XL/2 on 32x32x4 SD-VAE latents of 256x256 ImageNet images, learned sigma.
+DIT_XL_2 = DiTConfig(input_size=32, in_channels=4, num_classes=1000, hidden_size=1152, depth=28, num_heads=16,
+                     patch_size=2, mlp_ratio=4.0, class_dropout_prob=0.1, learn_sigma=True)
+FULL_SIZES = {"DiT-XL/2": lambda: DiT(DIT_XL_2)}
+
+
 def build_network(network_params: dict, *, resolution: int, channels: int, num_classes: int) -> DiT:
     """The DiT of a params section (`generators.dit.network`) for data of the given shape."""
     return DiT(DiTConfig(input_size=resolution, in_channels=channels, num_classes=num_classes, **network_params))
@@ -249,10 +255,14 @@ class DiTGenerator(StepwiseGenerator):
     the evaluation at t_{k-1}, picks the CFG weight applied to that evaluation and the next time t_k.
     Odd k moves first-order to the intermediate point, even k completes the second-order step; an odd
     number of evaluations ends with a first-order step. T = nfe + 1 decisions for nfe evaluations.
+
+    SiT subclasses this with another noise schedule, time direction and network output (sit.py).
     """
 
-    min_time_step = 0.01  # each new time point lies at least this far below the previous one
-    min_time = 0.01  # and not below this
+    time_scale = TIME_SCALE  # network timestep input per unit of solver time
+    time_runs_down = True  # VP time: 1 = noise -> 0 = data
+    min_time_step = 0.01  # each new time point lies at least this far beyond the previous one
+    time_bounds = (0.01, 1.0)  # and inside these bounds
 
     def __init__(
         self,
@@ -265,19 +275,28 @@ class DiTGenerator(StepwiseGenerator):
         guided_channels: int | None = None,
     ):
         self.network = network.eval().requires_grad_(False)
-        self.schedule = VPLinearSchedule()
+        self.schedule = self.make_schedule()
         self.guided_channels = guided_channels or network.in_channels  # DiT-XL/2 guides 3 of 4 latent channels
         self.num_steps = nfe + 1
         self.feature_dim = network.config.hidden_size
         self.feature_grid = (network.grid_size, network.grid_size)
+        low, high = self.time_bounds
         self.action_specs = (
-            sigmoid_spec("time", lambda T: uniform_time_grid(t_start, t_end, T), low=self.min_time, high=1.0),
+            sigmoid_spec("time", lambda T: uniform_time_grid(t_start, t_end, T), low=low, high=high),
             softplus_spec("cfg", lambda T: torch.full((T,), float(cfg))),
         )
 
     @classmethod
     def from_params(cls, network: DiT, sampling_params: dict) -> "DiTGenerator":
         return cls(network, **sampling_params)
+
+    @staticmethod
+    def make_schedule():
+        return VPLinearSchedule()
+
+    def noise_prediction(self, output: Tensor, x: Tensor, t_B: Tensor) -> Tensor:
+        """The network's output as predicted noise; DiT predicts it directly."""
+        return output
 
     @property
     def device(self) -> torch.device:
@@ -288,8 +307,8 @@ class DiTGenerator(StepwiseGenerator):
         x = rng.randn(network.in_channels, network.config.input_size, network.config.input_size).to(self.device)
         batch = labels.shape[0]
         features = torch.zeros(batch, self.feature_grid[0] * self.feature_grid[1], self.feature_dim, device=self.device)
-        return DiTState(0, labels.to(self.device), x, torch.ones(batch, device=self.device), features,
-                        None, None, None, None, None, 0)
+        t_B = torch.full((batch,), self.time_bounds[1] if self.time_runs_down else self.time_bounds[0])
+        return DiTState(0, labels.to(self.device), x, t_B.to(self.device), features, None, None, None, None, None, 0)
 
     def observe(self, state: DiTState) -> Tensor:
         return state.features
@@ -299,20 +318,31 @@ class DiTGenerator(StepwiseGenerator):
         batch = x.shape[0]
         null = torch.full_like(state.labels, self.network.config.num_classes)
         output, tokens = self.network.forward_with_features(
-            torch.cat([x, x]), torch.cat([t_B, t_B]) * TIME_SCALE, torch.cat([state.labels, null])
+            torch.cat([x, x]), torch.cat([t_B, t_B]) * self.time_scale, torch.cat([state.labels, null])
         )
         output = output[:, : self.network.in_channels]  # drop learned-variance channels
-        return replace(state, x=x, t=t_B, features=tokens[:batch], cond=output[:batch], uncond=output[batch:],
+        eps = self.noise_prediction(output, torch.cat([x, x]), torch.cat([t_B, t_B]))
+        return replace(state, x=x, t=t_B, features=tokens[:batch], cond=eps[:batch], uncond=eps[batch:],
                        nfe=state.nfe + 1)
 
     def _guided_data_prediction(self, state: DiTState, cfg_B: Tensor) -> Tensor:
-        """x0 from eps = cond + w (cond - uncond), guidance on the first guided_channels channels only."""
+        """x0 from eps = cond + w (cond - uncond), guidance on the first guided_channels channels only.
+
+        Guidance is linear, so guiding the noise equals guiding a velocity and then converting (SiT).
+        """
         w = cfg_B.view(-1, 1, 1, 1)
         guided = state.cond + w * (state.cond - state.uncond)
         c = self.guided_channels
         eps = torch.cat([guided[:, :c], state.cond[:, c:]], dim=1)
         alpha, sigma = self.schedule.alpha(state.t).view(-1, 1, 1, 1), self.schedule.sigma(state.t).view(-1, 1, 1, 1)
         return (state.x - sigma * eps) / alpha
+
+    def _next_time(self, current_B: Tensor, requested_B: Tensor) -> Tensor:
+        """Monotone time: at least min_time_step beyond the current point, never outside time_bounds."""
+        low, high = self.time_bounds
+        if self.time_runs_down:
+            return torch.clamp(torch.minimum(requested_B, current_B - self.min_time_step), min=low)
+        return torch.clamp(torch.maximum(requested_B, current_B + self.min_time_step), max=high)
 
     def step(self, state: DiTState, actions: dict[str, Tensor]) -> DiTState:
         actions = self.clamp_actions(actions)
@@ -322,9 +352,7 @@ class DiTGenerator(StepwiseGenerator):
             # The start time; the initial noise is taken as x at t_0.
             state = replace(state, k=1)
             return self._evaluate(state, state.x, time_B)
-        # Monotone time: at least min_time_step below the current point, never below min_time.
-        t_next = torch.maximum(torch.minimum(time_B, state.t - self.min_time_step),
-                               torch.full_like(time_B, self.min_time))
+        t_next = self._next_time(state.t, time_B)
         x0 = self._guided_data_prediction(state, actions["cfg"].to(self.device))
         if k % 2 == 1:
             x_next = first_order_update(self.schedule, state.x, x0, state.t, t_next)

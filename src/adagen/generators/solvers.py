@@ -77,3 +77,18 @@ def uniform_time_grid(t_start: float, t_end: float, num_points: int) -> Tensor:
         return torch.tensor([t_start], dtype=torch.float32)
     return torch.linspace(t_start, t_end, num_points, dtype=torch.float64).float()
 
+
+
+@dataclass(frozen=True)
+class LinearInterpolant:
+    """SiT's linear path x_t = t x_data + (1 - t) eps: alpha_t = t, sigma_t = 1 - t, t = 0 is noise."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return 1.0 - t
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t = log(t / (1 - t)), increasing towards the data end."""
+        return torch.log(t) - torch.log1p(-t)
