@@ -101,11 +101,13 @@ def test_cli_stops_before_any_work(tmp_path, monkeypatch, stage):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_cli_rejects_a_paradigm_not_in_the_set(tmp_path):
+def test_cli_rejects_a_paradigm_not_in_the_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     params = tmp_path / "one.yaml"
-    params.write_text(yaml.safe_dump(DEFAULT))
+    params.write_text(yaml.safe_dump(_set(DEFAULT, "paradigms", ["dit"])))
     result = CliRunner().invoke(main, ["pretrain", "--params", str(params), "--paradigm", "sit"])
-    assert result.exit_code != 0 and "sit" in result.output
+    assert result.exit_code != 0 and "paradigm 'sit' is not in paradigms ['dit']" in result.output
+    assert list(tmp_path.iterdir()) == [params]
 
 
 def test_dry_run_lists_outputs_and_writes_nothing(tmp_path, monkeypatch):

@@ -168,3 +168,16 @@ def test_min_snr_weighting_only_lowers_the_weight_of_high_snr_times():
 
     torch.testing.assert_close(loss(1e12), loss(0.0))  # gamma above every SNR: the plain epsilon loss
     assert loss(1.0) < loss(0.0)
+
+
+def test_sit_time_distributions():
+    from adagen.generators import sit
+
+    network = tiny_dit()
+    images, labels = torch.rand(8, 1, 16, 16), torch.arange(8) % 4
+    losses = {name: sit.training_loss(network, images, labels, torch.Generator().manual_seed(1),
+                                      time_distribution=name) for name in ("uniform", "logit_normal")}
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    assert losses["uniform"] != losses["logit_normal"]
+    with pytest.raises(ValueError, match="time_distribution"):
+        sit.training_loss(network, images, labels, torch.Generator(), time_distribution="beta")

@@ -264,3 +264,15 @@ def test_full_size_dit_has_the_official_checkpoint_layout():
     assert shapes["final_layer.adaLN_modulation.1.weight"] == (2304, 1152)
     # pos_embed, x_embedder (2), t_embedder (4), y_embedder, 28 blocks x 10, final_layer (4): nothing stray.
     assert len(shapes) == 1 + 2 + 4 + 1 + 28 * 10 + 4
+
+
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_training_loss_with_the_params_objective_is_finite_and_differentiable(paradigm):
+    spec, section = PARADIGMS[paradigm], SMOKE["generators"][paradigm]
+    network = make_generator(paradigm).network.train().requires_grad_(True)
+    network.pos_embed.requires_grad_(False)
+    loss = spec.training_loss(network, torch.rand(6, CHANNELS, RESOLUTION, RESOLUTION), torch.arange(6) % 4,
+                              torch.Generator().manual_seed(0), **section["objective"])
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)

@@ -87,9 +87,9 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     network = spec.build_network(section["network"], resolution=dataset.resolution, channels=dataset.channels,
                                  num_classes=dataset.num_classes)
     dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
-    fingerprint = params_hash({"data": dataset_hash, **{key: section.get(key) for key in ("network", "objective", "pretrain")}})
+    fingerprint = params_hash({"data": dataset_hash, **{key: section[key] for key in ("network", "objective", "pretrain")}})
     checkpoint = paths.generator_checkpoint(paradigm)
-    loss_fn = functools.partial(spec.training_loss, **section.get("objective", {}))
+    loss_fn = functools.partial(spec.training_loss, **section["objective"])
     ema, summary = train_generator(
         network, loss_fn, dataset.train_images, dataset.train_labels, **section["pretrain"],
         checkpoint_path=checkpoint, fingerprint=fingerprint, report=run.log_metrics,

@@ -10,7 +10,7 @@ rule pretrain:
         info=str(PATHS.generator_info("{paradigm}")),
     params:
         network=lambda wildcards: config["generators"][wildcards.paradigm]["network"],
-        objective=lambda wildcards: config["generators"][wildcards.paradigm].get("objective"),
+        objective=lambda wildcards: config["generators"][wildcards.paradigm]["objective"],
         pretrain=lambda wildcards: config["generators"][wildcards.paradigm]["pretrain"],
     threads: 2
     log:

@@ -21,14 +21,25 @@ MIN_TRAIN_TIME = 1e-3
 FULL_SIZES = {"SiT-XL/2": lambda: DiT(DIT_XL_2)}
 
 
-def training_loss(network: DiT, images_BCHW: Tensor, labels_B: Tensor, generator: torch.Generator) -> Tensor:
-    """Velocity matching: || v_theta(x_t, t, y) - (x_data - eps) ||^2 at t ~ U(0, 1).
+def training_loss(
+    network: DiT, images_BCHW: Tensor, labels_B: Tensor, generator: torch.Generator, *,
+    time_distribution: str = "uniform",
+) -> Tensor:
+    """Velocity matching: || v_theta(x_t, t, y) - (x_data - eps) ||^2.
 
-    The network's timestep input is t itself, as in SiT; labels drop to the null class for CFG.
+    t ~ U(0, 1) as in SiT, or `logit_normal` (t = sigmoid(n), n ~ N(0, 1), the rectified-flow recipe of
+    Esser et al. 2024), which spends more of the training on the middle times. The network's timestep input
+    is t itself, as in SiT; labels drop to the null class for CFG.
     """
     batch = images_BCHW.shape[0]
     data = images_BCHW * 2.0 - 1.0
-    t_B = MIN_TRAIN_TIME + (1.0 - 2 * MIN_TRAIN_TIME) * torch.rand(batch, generator=generator)
+    if time_distribution == "logit_normal":
+        unit_B = torch.sigmoid(torch.randn(batch, generator=generator))
+    elif time_distribution == "uniform":
+        unit_B = torch.rand(batch, generator=generator)
+    else:
+        raise ValueError(f"time_distribution: expected 'uniform' or 'logit_normal', got {time_distribution!r}")
+    t_B = MIN_TRAIN_TIME + (1.0 - 2 * MIN_TRAIN_TIME) * unit_B
     noise = torch.randn(data.shape, generator=generator)
     t = t_B.view(-1, 1, 1, 1)
     drop = torch.rand(batch, generator=generator) < network.config.class_dropout_prob
