@@ -113,8 +113,7 @@ def load_generator(params: dict, paths: Paths, paradigm: str):
 
 
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
-    torch.manual_seed(params["sample"]["seed"])
-    generator = load_generator(params, paths, paradigm)
+    generator = load_generator(params, paths, paradigm)  # all sampling noise comes from per-sample seeds
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
     labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
     result = sample_images(generator, labels, seed=params["sample"]["seed"], batch_size=params["sample"]["batch_size"])
