@@ -128,3 +128,31 @@ def test_snakemake_rejects_a_bad_params_file_naming_the_key(project_copy):
     assert result.returncode != 0
     assert "batch_sise" in result.stdout + result.stderr
     assert not (project_copy / "results").exists()
+
+
+def test_inception_evaluator_pins_its_weights_file(tmp_path, monkeypatch):
+    """Full scale: nothing is trained; the weights file is checked and its hash recorded for the metrics."""
+    from adagen.io import load_checkpoint, load_json, sha256_of_file
+
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    params = tmp_path / "full.yaml"
+    evaluator = dict(DEFAULT["evaluator"], kind="inception", weights_path=str(weights))
+    params.write_text(yaml.safe_dump(dict(DEFAULT, evaluator=evaluator)))
+
+    missing = CliRunner().invoke(main, ["train-evaluator", "--params", str(params)])
+    assert missing.exit_code != 0 and f"evaluator.weights_path: {weights} not found" in missing.output
+    assert not Paths("full").evaluator.exists()
+
+    weights.write_bytes(b"stand-in for the Inception weights")
+    done = CliRunner().invoke(main, ["train-evaluator", "--params", str(params)])
+    assert done.exit_code == 0, done.output
+    pinned = load_checkpoint(Paths("full").evaluator)
+    assert pinned["kind"] == "inception" and pinned["sha256"] == sha256_of_file(weights)
+    assert load_json(Paths("full").evaluator_info)["weights_path"] == str(weights)
+
+
+def test_inception_evaluator_needs_a_weights_path():
+    params = _set(DEFAULT, "evaluator.kind", "inception")
+    with pytest.raises(ParamsError, match="evaluator.weights_path: required by kind 'inception'"):
+        validate_params(params, "full.yaml")

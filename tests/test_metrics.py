@@ -79,7 +79,7 @@ def trained(grey_data, tmp_path_factory) -> dict:
     model, info = train(
         grey_data["train"], grey_data["val"], report=lambda values, step: reports.append((values, step))
     )
-    path = tmp_path_factory.mktemp("evaluator") / "classifier.pt"
+    path = tmp_path_factory.mktemp("evaluator") / "evaluator.pt"
     metrics.save_classifier(path, model, info)
     return {"model": model, "info": info, "reports": reports, "path": path}
 
@@ -313,7 +313,7 @@ def test_rgb_images_work_end_to_end(tmp_path):
     model, info = train(train_set, val_set)
     assert model.in_channels == 3
     assert info["val_accuracy"] >= 0.9
-    path = tmp_path / "rgb_classifier.pt"
+    path = tmp_path / "rgb_evaluator.pt"
     metrics.save_classifier(path, model, info)
 
     val_images = val_set[0]

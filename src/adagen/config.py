@@ -69,6 +69,8 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append(f"data.path: required when data.source is {data['source']!r}")
     if params["evaluator"]["kind"] == "classifier" and params["evaluator"]["weights_path"]:
         problems.append("evaluator.weights_path: only used by kind 'inception' (the classifier is trained)")
+    if params["evaluator"]["kind"] == "inception" and not params["evaluator"]["weights_path"]:
+        problems.append("evaluator.weights_path: required by kind 'inception' (no downloads at run time)")
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
@@ -145,11 +147,11 @@ class Paths:
 
     @property
     def evaluator(self) -> Path:
-        return self.results_dir / "evaluator" / "classifier.pt"
+        return self.results_dir / "evaluator" / "evaluator.pt"
 
     @property
     def evaluator_info(self) -> Path:
-        return self.results_dir / "evaluator" / "classifier.json"
+        return self.results_dir / "evaluator" / "evaluator.json"
 
     def generator(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "generator" / "model.pt"

@@ -19,7 +19,9 @@ import torch
 from adagen.config import Paths, params_hash
 from adagen.data import export_dataset, load_dataset
 from adagen.generators import PARADIGMS
-from adagen.io import atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz
+from adagen.io import (
+    atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
+)
 from adagen.metrics import compute_reference, evaluate_images, sanity_figures, save_classifier, train_classifier
 from adagen.pretrain import train_generator
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
@@ -50,15 +52,27 @@ def prepare_data(params: dict, paths: Paths, run: StageRun) -> dict:
 
 
 def train_evaluator(params: dict, paths: Paths, run: StageRun) -> dict:
+    """The metrics' feature network: train the classifier, or pin the configured Inception weights."""
     started = time.perf_counter()
-    dataset = load_dataset(require(paths.dataset, "prepare-data"))
-    settings = {key: params["evaluator"][key] for key in ("width", "feature_dim", "epochs", "batch_size", "lr", "seed")}
-    model, info = train_classifier(
-        dataset.train_images, dataset.train_labels, dataset.val_images, dataset.val_labels,
-        num_classes=dataset.num_classes, report=run.log_metrics, **settings,
-    )
-    info = {**info, "seconds": time.perf_counter() - started}
-    save_classifier(paths.evaluator, model, info)
+    evaluator = params["evaluator"]
+    if evaluator["kind"] == "inception":
+        # Nothing to train: record which weights file every later metric uses, so a swapped file is caught.
+        weights = Path(evaluator["weights_path"])
+        if not weights.is_file():
+            raise MissingInput(f"evaluator.weights_path: {weights} not found (inception-v3-compat weights, "
+                               "pt_inception-2015-12-05-6726825d.pth)")
+        info = {"kind": "inception", "weights_path": str(weights), "sha256": sha256_of_file(weights)}
+        save_checkpoint(paths.evaluator, dict(info))
+    else:
+        dataset = load_dataset(require(paths.dataset, "prepare-data"))
+        settings = {key: evaluator[key] for key in ("width", "feature_dim", "epochs", "batch_size", "lr", "seed")}
+        model, info = train_classifier(
+            dataset.train_images, dataset.train_labels, dataset.val_images, dataset.val_labels,
+            num_classes=dataset.num_classes, report=run.log_metrics, **settings,
+        )
+        info = {"kind": "classifier", **info}
+        save_classifier(paths.evaluator, model, info)
+    info["seconds"] = time.perf_counter() - started
     save_json(paths.evaluator_info, info)
     run.log_artifact(paths.evaluator_info)
     return info
