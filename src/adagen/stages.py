@@ -168,7 +168,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     for paradigm in params["paradigms"]:
         for variant in VARIANTS:
             metrics = load_json(require(paths.metrics(paradigm, variant), f"evaluate --paradigm {paradigm}"))
-            rows.append({column: metrics[column] if column in metrics else "" for column in SUMMARY_COLUMNS})
+            rows.append({column: metrics.get(column, "") for column in SUMMARY_COLUMNS})
     buffer = text_io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
