@@ -229,8 +229,9 @@ def test_solver_converges_to_the_closed_form_ode_solution(paradigm):
     assert errors[0] / errors[1] > 2.5
 
 
-# Published parameter counts of the paper's settings (DiT and SiT papers: 675M for the XL/2 models).
-PUBLISHED_PARAMETERS = {("dit", "DiT-XL/2"): 675e6, ("sit", "SiT-XL/2"): 675e6}
+# Published parameter counts of the paper's settings (DiT and SiT papers: 675M for the XL/2 models; the
+# SD KL-f8 VAE, sd-vae-ft-ema: 83,653,863).
+PUBLISHED_PARAMETERS = {("dit", "DiT-XL/2"): 675e6, ("dit", "SD-VAE KL-f8"): 83.65e6, ("sit", "SiT-XL/2"): 675e6}
 
 
 def test_full_size_networks_match_the_published_parameter_counts():
@@ -276,3 +277,22 @@ def test_training_loss_with_the_params_objective_is_finite_and_differentiable(pa
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)
+
+
+@ode_paradigms
+def test_latent_generators_decode_through_the_autoencoder(paradigm):
+    """Full-size DiT/SiT sample 4-channel latents and decode them with diffusers' AutoencoderKL (tiny here)."""
+    from adagen.generators.latent import LatentDecoder, sd_vae
+
+    torch.manual_seed(0)
+    vae = sd_vae(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=16)
+    section = SMOKE["generators"][paradigm]
+    network = PARADIGMS[paradigm].build_network(dict(section["network"], patch_size=2), resolution=8, channels=4,
+                                                num_classes=NUM_CLASSES)
+    generator = type(make_generator(paradigm))(network, **section["sampling"], guided_channels=3,
+                                               decoder=LatentDecoder(vae))
+    images = rollout(generator, torch.tensor([0, 1, 2]), SampleRNG([0, 1, 2])).images
+    assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    alone = rollout(generator, torch.tensor([1]), SampleRNG([1])).images
+    torch.testing.assert_close(alone[0], images[1], atol=1e-5, rtol=1e-5)

@@ -18,6 +18,7 @@ from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 
+from adagen.generators import latent
 from adagen.generators.base import SampleRNG, StepwiseGenerator, sigmoid_spec, softplus_spec
 from adagen.generators.solvers import VPLinearSchedule, first_order_update, second_order_update, uniform_time_grid
 
@@ -185,7 +186,7 @@ class DiT(nn.Module):
 # The paper's setting: DiT-XL/2 on 32x32x4 SD-VAE latents of 256x256 ImageNet images, learned sigma.
 DIT_XL_2 = DiTConfig(input_size=32, in_channels=4, num_classes=1000, hidden_size=1152, depth=28, num_heads=16,
                      patch_size=2, mlp_ratio=4.0, class_dropout_prob=0.1, learn_sigma=True)
-FULL_SIZES = {"DiT-XL/2": lambda: DiT(DIT_XL_2)}
+FULL_SIZES = {"DiT-XL/2": lambda: DiT(DIT_XL_2), "SD-VAE KL-f8": lambda: latent.sd_vae()}
 
 
 def build_network(network_params: dict, *, resolution: int, channels: int, num_classes: int) -> DiT:
@@ -274,8 +275,10 @@ class DiTGenerator(StepwiseGenerator):
         t_start: float,
         t_end: float,
         guided_channels: int | None = None,
+        decoder: nn.Module | None = None,
     ):
         self.network = network.eval().requires_grad_(False)
+        self.decoder = decoder  # latent -> pixels in [-1, 1] (latent.LatentDecoder); None: pixel space
         self.schedule = self.make_schedule()
         self.guided_channels = guided_channels or network.in_channels  # DiT-XL/2 guides 3 of 4 latent channels
         self.num_steps = nfe + 1
@@ -366,7 +369,8 @@ class DiTGenerator(StepwiseGenerator):
     def decode(self, state: DiTState) -> Tensor:
         if state.k != self.num_steps:
             raise RuntimeError(f"decode after {state.k} of {self.num_steps} steps")
-        return ((state.x + 1.0) / 2.0).clamp(0.0, 1.0)
+        pixels = state.x if self.decoder is None else self.decoder(state.x)
+        return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def nfe(self, state: DiTState) -> int:
         return state.nfe
