@@ -521,19 +521,8 @@ def evaluate_images(
     _check_images("images", images)
     _check_images("reference_images", reference_images)
     _require_reference(reference_images, evaluator_params, evaluator_path, cache_dir)
-    settings = metric_settings(
-        evaluator_params, metrics_params, evaluator_path, min(len(images), len(reference_images))
-    )
-    settings.update(_cached_reference_settings(cache_dir))
-    result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(images),
-        input2=UInt8Images(reference_images),
-        isc=True,
-        fid=True,
-        kid=True,
-        prc=True,
-        **settings,
-    )
+    result = _against_reference(images, reference_images, evaluator_params, metrics_params, evaluator_path,
+                                cache_dir, isc=True, fid=True, kid=True, prc=True)
     return {
         "fid": float(result[torch_fidelity.KEY_METRIC_FID]),
         "isc": float(result[torch_fidelity.KEY_METRIC_ISC_MEAN]),
@@ -546,23 +535,23 @@ def evaluate_images(
     }
 
 
-def _fid_against_reference(
+def _against_reference(
     images: np.ndarray,
     reference_images: np.ndarray,
     evaluator_params: Mapping[str, Any],
     metrics_params: Mapping[str, Any],
     evaluator_path: str | os.PathLike | None,
     cache_dir: str | os.PathLike,
-) -> float:
-    """FID alone; torch-fidelity then reads the reference's cached FID statistics directly."""
+    **metrics: bool,
+) -> dict[str, float]:
+    """torch-fidelity's `metrics` of `images` against the reference, whose features come from the cache."""
     settings = metric_settings(
         evaluator_params, metrics_params, evaluator_path, min(len(images), len(reference_images))
     )
     settings.update(_cached_reference_settings(cache_dir))
-    result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(images), input2=UInt8Images(reference_images), fid=True, **settings
+    return torch_fidelity.calculate_metrics(
+        input1=UInt8Images(images), input2=UInt8Images(reference_images), **metrics, **settings
     )
-    return float(result[torch_fidelity.KEY_METRIC_FID])
 
 
 def sanity_figures(
@@ -585,6 +574,6 @@ def sanity_figures(
     noise = np.random.default_rng(seed).integers(0, 256, size=val_images.shape, dtype=np.uint8)
     common = (val_images, evaluator_params, metrics_params, evaluator_path, cache_dir)
     return {
-        "fid_train_vs_val": _fid_against_reference(train_images, *common),
-        "fid_noise_vs_val": _fid_against_reference(noise, *common),
+        "fid_train_vs_val": float(_against_reference(train_images, *common, fid=True)[torch_fidelity.KEY_METRIC_FID]),
+        "fid_noise_vs_val": float(_against_reference(noise, *common, fid=True)[torch_fidelity.KEY_METRIC_FID]),
     }

@@ -201,6 +201,12 @@ TIME_SCALE = 1000.0  # DiT's timestep input is continuous VP time x 1000 (its 10
 MIN_TRAIN_TIME = 1e-3
 
 
+def drop_labels(network: DiT, labels_B: Tensor, generator: torch.Generator) -> Tensor:
+    """Replace labels by the null class with probability class_dropout_prob: one network, cond and uncond."""
+    drop = torch.rand(labels_B.shape[0], generator=generator) < network.config.class_dropout_prob
+    return torch.where(drop, torch.full_like(labels_B, network.config.num_classes), labels_B)
+
+
 def training_loss(
     network: DiT, images_BCHW: Tensor, labels_B: Tensor, generator: torch.Generator, *, min_snr_gamma: float = 0.0
 ) -> Tensor:
@@ -219,9 +225,7 @@ def training_loss(
     t_B = MIN_TRAIN_TIME + (1.0 - MIN_TRAIN_TIME) * torch.rand(batch, generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
     alpha, sigma = schedule.alpha(t_B).view(-1, 1, 1, 1), schedule.sigma(t_B).view(-1, 1, 1, 1)
-    drop = torch.rand(batch, generator=generator) < network.config.class_dropout_prob
-    labels_B = torch.where(drop, torch.full_like(labels_B, network.config.num_classes), labels_B)
-    prediction = network(alpha * x0 + sigma * noise, t_B * TIME_SCALE, labels_B)
+    prediction = network(alpha * x0 + sigma * noise, t_B * TIME_SCALE, drop_labels(network, labels_B, generator))
     loss_B = torch.mean((prediction[:, : network.in_channels] - noise) ** 2, dim=(1, 2, 3))
     if min_snr_gamma > 0:
         snr_B = torch.exp(2.0 * schedule.log_snr(t_B))

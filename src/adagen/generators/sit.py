@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adagen.generators.dit import DIT_XL_2, DiT, DiTGenerator, build_network, load_network
+from adagen.generators.dit import DIT_XL_2, DiT, DiTGenerator, build_network, drop_labels, load_network
 from adagen.generators.solvers import LinearInterpolant
 
 __all__ = ["FULL_SIZES", "SiTGenerator", "build_network", "load_network", "training_loss"]
@@ -42,9 +42,7 @@ def training_loss(
     t_B = MIN_TRAIN_TIME + (1.0 - 2 * MIN_TRAIN_TIME) * unit_B
     noise = torch.randn(data.shape, generator=generator)
     t = t_B.view(-1, 1, 1, 1)
-    drop = torch.rand(batch, generator=generator) < network.config.class_dropout_prob
-    labels_B = torch.where(drop, torch.full_like(labels_B, network.config.num_classes), labels_B)
-    prediction = network(t * data + (1 - t) * noise, t_B, labels_B)
+    prediction = network(t * data + (1 - t) * noise, t_B, drop_labels(network, labels_B, generator))
     return torch.mean((prediction[:, : network.in_channels] - (data - noise)) ** 2)
 
 
