@@ -14,6 +14,7 @@ import torch
 
 from adagen.generators import PARADIGMS
 from adagen.generators.base import SampleRNG, StepwiseGenerator
+from adagen.generators.tokenizer import build_tokenizer
 from adagen.rl.rollout import rollout
 from adagen.sampling import class_balanced_labels, sample_images
 from conftest import REPO, load_yaml
@@ -22,18 +23,38 @@ SMOKE = load_yaml(REPO / "params" / "smoke.yaml")
 NUM_CLASSES, RESOLUTION, CHANNELS = 4, 16, 1
 
 
-def make_generator(paradigm: str, nfe: int | None = None) -> StepwiseGenerator:
-    """The smoke-size generator of a paradigm with random (not zero-initialised) weights."""
-    spec, section = PARADIGMS[paradigm], SMOKE["generators"][paradigm]
-    torch.manual_seed(0)
-    network = spec.build_network(section["network"], resolution=RESOLUTION, channels=CHANNELS,
-                                 num_classes=NUM_CLASSES)
-    with torch.no_grad():  # adaLN-Zero and friends start as the zero function: perturb everything
-        for parameter in network.parameters():
+def perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """Zero-initialised gates and heads (adaLN-Zero and friends) make an untrained net trivial: perturb all."""
+    with torch.no_grad():
+        for parameter in module.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.05 * torch.randn_like(parameter))
-    sampling = dict(section["sampling"], **({"nfe": nfe} if nfe else {}))
-    return spec.make_generator(network, sampling)
+    return module
+
+
+def make_tokenizer(paradigm: str):
+    """The smoke-size VQ tokenizer of a token paradigm, random weights; None for pixel paradigms."""
+    if not PARADIGMS[paradigm].uses_tokenizer:
+        return None
+    torch.manual_seed(1)
+    network = SMOKE["generators"][paradigm]["tokenizer"]["network"]
+    return perturbed(build_tokenizer(network, resolution=RESOLUTION, channels=CHANNELS)).eval()
+
+
+def make_generator(paradigm: str, nfe: int | None = None, **sampling) -> StepwiseGenerator:
+    """The smoke-size generator of a paradigm with random (not zero-initialised) weights.
+
+    `nfe` sets the number of decisions' worth of evaluations for the ODE paradigms; `sampling` overrides
+    other keys of the params' sampling section.
+    """
+    spec, section = PARADIGMS[paradigm], SMOKE["generators"][paradigm]
+    tokenizer = make_tokenizer(paradigm)
+    token_args = {"tokenizer": tokenizer} if tokenizer is not None else {}
+    torch.manual_seed(0)
+    network = perturbed(spec.build_network(section["network"], resolution=RESOLUTION, channels=CHANNELS,
+                                           num_classes=NUM_CLASSES, **token_args))
+    sampling = dict(section["sampling"], **({"nfe": nfe} if nfe else {}), **sampling)
+    return spec.make_generator(network, sampling, **token_args)
 
 
 paradigms = pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
@@ -229,9 +250,16 @@ def test_solver_converges_to_the_closed_form_ode_solution(paradigm):
     assert errors[0] / errors[1] > 2.5
 
 
-# Published parameter counts of the paper's settings (DiT and SiT papers: 675M for the XL/2 models; the
-# SD KL-f8 VAE, sd-vae-ft-ema: 83,653,863).
-PUBLISHED_PARAMETERS = {("dit", "DiT-XL/2"): 675e6, ("dit", "SD-VAE KL-f8"): 83.65e6, ("sit", "SiT-XL/2"): 675e6}
+# Published parameter counts of the paper's settings: DiT and SiT papers, 675M for the XL/2 models; the SD KL-f8
+# VAE (sd-vae-ft-ema), 83,653,863; VAR's README, 310M for d16 and 2.0B for d30 (transformer only). No paper
+# states a count for MaskGIT-L (AdaNAT's NAT-L) or the two VQ tokenizers: for those the figure is the sum over
+# the tensor shapes of the official checkpoints (MaskGIT-L.pth: 314 tensors; MAGE's vqgan_jax_strongaug.ckpt:
+# 168; vae_ch160v4096z32.pth: 108,948,355 parameters), read from their public model definitions.
+PUBLISHED_PARAMETERS = {
+    ("dit", "DiT-XL/2"): 675e6, ("dit", "SD-VAE KL-f8"): 83.65e6, ("sit", "SiT-XL/2"): 675e6,
+    ("var", "VAR-d16"): 310e6, ("var", "VAR-d30"): 2.0e9, ("var", "VQVAE vae_ch160v4096z32"): 108_948_355,
+    ("maskgit", "MaskGIT-L"): 193_655_297, ("maskgit", "VQGAN f16 (MAGE, JAX)"): 54_515_587,
+}
 
 
 def test_full_size_networks_match_the_published_parameter_counts():
@@ -245,7 +273,55 @@ def test_full_size_networks_match_the_published_parameter_counts():
     for key, published in PUBLISHED_PARAMETERS.items():
         assert abs(counts[key] - published) / published < 0.01, key
     printed = CliRunner().invoke(main, ["info"]).output
-    assert "DiT-XL/2" in printed and "675.1M" in printed
+    assert "DiT-XL/2" in printed and "675.1M" in printed and "VAR-d30" in printed and "2,010,020,356" in printed
+
+
+def full_size_state_shapes(paradigm: str, setting: str) -> dict[str, tuple]:
+    with torch.device("meta"):
+        network = PARADIGMS[paradigm].full_sizes[setting]()
+    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+
+
+def test_full_size_var_has_the_official_checkpoint_layout():
+    # var_d16.pth (FoundationVision/VAR): 220 tensors, buffers included; C = 1024, L = 680 tokens of 10 scales.
+    shapes = full_size_state_shapes("var", "VAR-d16")
+    assert len(shapes) == 220
+    assert shapes["class_emb.weight"] == (1001, 1024) and shapes["word_embed.weight"] == (1024, 32)
+    assert shapes["pos_start"] == (1, 1, 1024) and shapes["pos_1LC"] == (1, 680, 1024)
+    assert shapes["lvl_embed.weight"] == (10, 1024) and shapes["lvl_1L"] == (1, 680)
+    assert shapes["attn_bias_for_masking"] == (1, 1, 680, 680)
+    assert shapes["blocks.15.attn.mat_qkv.weight"] == (3072, 1024) and shapes["blocks.15.attn.q_bias"] == (1024,)
+    assert shapes["blocks.15.attn.zero_k_bias"] == (1024,) and shapes["blocks.15.attn.scale_mul_1H11"] == (1, 16, 1, 1)
+    assert shapes["blocks.15.ffn.fc1.weight"] == (4096, 1024) and shapes["blocks.15.ada_lin.1.weight"] == (6144, 1024)
+    assert shapes["head_nm.ada_lin.1.weight"] == (2048, 1024) and shapes["head.weight"] == (4096, 1024)
+    vae = full_size_state_shapes("var", "VQVAE vae_ch160v4096z32")
+    assert len(vae) == 324
+    assert vae["encoder.down.4.attn.1.qkv.weight"] == (1920, 640, 1, 1)
+    assert vae["decoder.up.4.attn.2.proj_out.weight"] == (640, 640, 1, 1)
+    assert vae["encoder.down.2.block.0.nin_shortcut.weight"] == (320, 160, 1, 1)
+    assert vae["quant_conv.weight"] == (32, 32, 3, 3) and vae["quantize.embedding.weight"] == (4096, 32)
+    assert vae["quantize.quant_resi.qresi_ls.3.weight"] == (32, 32, 3, 3)
+    assert vae["quantize.ema_vocab_hit_SV"] == (10, 4096)
+
+
+def test_full_size_maskgit_has_the_official_checkpoint_layout():
+    # MaskGIT-L.pth (AdaNAT/AdaGen U-ViT): 314 tensors; MAGE's JAX VQGAN: 168, no attention, no quant convs.
+    shapes = full_size_state_shapes("maskgit", "MaskGIT-L")
+    assert len(shapes) == 314
+    assert shapes["token_emb.word_embeddings.weight"] == (1025, 768)
+    assert shapes["token_emb.position_embeddings.weight"] == (256, 768)
+    assert shapes["context_embed.word_embeddings.weight"] == (1001, 768)
+    assert shapes["in_blocks.11.attn.qkv.weight"] == (2304, 768) and "in_blocks.11.attn.qkv.bias" not in shapes
+    assert shapes["out_blocks.11.skip_linear.weight"] == (768, 1536) and "mid_block.skip_linear.weight" not in shapes
+    assert shapes["mlm_layer.bias"] == (1, 1, 1025) and shapes["mlm_layer.fc.weight"] == (768, 768)
+    vqgan = full_size_state_shapes("maskgit", "VQGAN f16 (MAGE, JAX)")
+    assert len(vqgan) == 168
+    assert vqgan["encoder.conv_in.weight"] == (128, 3, 3, 3) and "encoder.conv_in.bias" not in vqgan
+    assert vqgan["encoder.down.2.block.0.nin_shortcut.weight"] == (256, 256, 1, 1)
+    assert vqgan["encoder.conv_out.weight"] == (256, 512, 1, 1)
+    assert vqgan["decoder.up.1.block.0.nin_shortcut.weight"] == (128, 128, 1, 1)
+    assert "decoder.up.0.block.2.conv1.weight" not in vqgan and "quant_conv.weight" not in vqgan
+    assert vqgan["quantize.embedding.weight"] == (1024, 256)
 
 
 def test_full_size_dit_has_the_official_checkpoint_layout():
@@ -270,13 +346,17 @@ def test_full_size_dit_has_the_official_checkpoint_layout():
 @pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
 def test_training_loss_with_the_params_objective_is_finite_and_differentiable(paradigm):
     spec, section = PARADIGMS[paradigm], SMOKE["generators"][paradigm]
-    network = make_generator(paradigm).network.train().requires_grad_(True)
-    network.pos_embed.requires_grad_(False)
+    generator = make_generator(paradigm)
+    network = generator.network.train()
+    trainable = [p for name, p in network.named_parameters() if name != "pos_embed"]  # DiT's is fixed sin-cos
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    token_args = {"tokenizer": generator.tokenizer} if spec.uses_tokenizer else {}
     loss = spec.training_loss(network, torch.rand(6, CHANNELS, RESOLUTION, RESOLUTION), torch.arange(6) % 4,
-                              torch.Generator().manual_seed(0), **section["objective"])
+                              torch.Generator().manual_seed(0), **section["objective"], **token_args)
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters() if p.requires_grad)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
 
 
 @ode_paradigms

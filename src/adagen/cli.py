@@ -86,6 +86,17 @@ def refstats(params_path: Path, dry_run: bool) -> None:
     _run_stage("refstats", params_path, dry_run, lambda p: [p.refstats_dir], stages.refstats)
 
 
+@main.command("train-tokenizer")
+@params_option
+@click.option("--paradigm", required=True, type=click.Choice(sorted(n for n, p in PARADIGMS.items() if p.uses_tokenizer)),
+              help="Token paradigm whose VQ tokenizer to train.")
+@dry_run_option
+def train_tokenizer(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """Train the VQ tokenizer of a token paradigm (MaskGIT, VAR) on the train split (resumes if interrupted)."""
+    _run_stage("train-tokenizer", params_path, dry_run, lambda p: [p.tokenizer(paradigm), p.tokenizer_info(paradigm)],
+               lambda params, paths, run: stages.train_tokenizer(params, paths, run, paradigm), paradigm=paradigm)
+
+
 @main.command("pretrain")
 @params_option
 @paradigm_option
@@ -138,9 +149,9 @@ def info() -> None:
     """Parameter counts of the paper's full-size networks (built on the meta device: no memory, no weights)."""
     from adagen.generators import full_size_parameter_counts
 
-    click.echo(f"{'paradigm':<10} {'setting':<12} {'parameters':>15}")
+    click.echo(f"{'paradigm':<9} {'setting':<25} {'parameters':>15}")
     for (paradigm, setting), count in full_size_parameter_counts().items():
-        click.echo(f"{paradigm:<10} {setting:<12} {count:>15,d}  ({count / 1e6:.1f}M)")
+        click.echo(f"{paradigm:<9} {setting:<25} {count:>15,d}  ({count / 1e6:.1f}M)")
 
 
 @main.command("validate")

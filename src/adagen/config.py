@@ -74,6 +74,10 @@ def _cross_key_problems(params: dict) -> list[str]:
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
+    for paradigm in ("maskgit", "var"):
+        section = params["generators"].get(paradigm)
+        if section:
+            problems += _token_problems(section, f"generators.{paradigm}", data["resolution"], paradigm == "var")
     # Time runs from noise to data: down in VP time (DiT), up on SiT's interpolant.
     for paradigm, time_runs_down in (("dit", True), ("sit", False)):
         section = params["generators"].get(paradigm)
@@ -90,6 +94,31 @@ def _cross_key_problems(params: dict) -> list[str]:
             problems.append(f"{key}.sampling.t_end: must be below t_start (time runs from noise at 1 to data at 0)")
         if not time_runs_down and sampling["t_end"] <= sampling["t_start"]:
             problems.append(f"{key}.sampling.t_end: must be above t_start (time runs from noise at 0 to data at 1)")
+    return problems
+
+
+def _token_problems(section: dict, key: str, resolution: int, multiscale: bool) -> list[str]:
+    """A token paradigm's tokenizer must fit the images and, for VAR, end its scales at the latent side."""
+    problems, tokenizer = [], section["tokenizer"]["network"]
+    halvings = len(tokenizer["ch_mult"]) - 1
+    if resolution % 2**halvings:
+        problems.append(f"{key}.tokenizer.network.ch_mult: {halvings} halvings do not divide data.resolution {resolution}")
+    side = resolution // 2**halvings
+    if tokenizer["quant_conv_kernel"] == 0 and tokenizer["z_channels"] != tokenizer["codebook_dim"]:
+        problems.append(f"{key}.tokenizer.network.codebook_dim: must equal z_channels without quant_conv")
+    patch_nums = tokenizer.get("patch_nums")
+    if multiscale and not patch_nums:
+        problems.append(f"{key}.tokenizer.network.patch_nums: required (the scales VAR predicts)")
+    if not multiscale and patch_nums:
+        problems.append(f"{key}.tokenizer.network.patch_nums: only for multi-scale tokenizers (var)")
+    if patch_nums and (list(patch_nums) != sorted(set(patch_nums)) or patch_nums[-1] != side):
+        problems.append(f"{key}.tokenizer.network.patch_nums: must increase strictly and end at the latent side {side}")
+    network = section["network"]
+    if network["embed_dim"] % network["num_heads"]:
+        problems.append(f"{key}.network.num_heads: must divide embed_dim")
+    top_k = section["sampling"].get("top_k")
+    if top_k is not None and top_k > tokenizer["codebook_size"]:
+        problems.append(f"{key}.sampling.top_k: above the codebook size {tokenizer['codebook_size']}")
     return problems
 
 
@@ -152,6 +181,15 @@ class Paths:
     @property
     def evaluator_info(self) -> Path:
         return self.results_dir / "evaluator" / "evaluator.json"
+
+    def tokenizer(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "tokenizer" / "tokenizer.pt"
+
+    def tokenizer_info(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "tokenizer" / "tokenizer.json"
+
+    def tokenizer_checkpoint(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "tokenizer" / "training-state.pt"
 
     def generator(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "generator" / "model.pt"

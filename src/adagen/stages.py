@@ -19,6 +19,7 @@ import torch
 from adagen.config import Paths, params_hash
 from adagen.data import export_dataset, load_dataset
 from adagen.generators import PARADIGMS
+from adagen.generators.tokenizer import build_tokenizer, load_tokenizer, tokenizer_loss, tokenizer_quality
 from adagen.io import (
     atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
 )
@@ -92,26 +93,59 @@ def refstats(params: dict, paths: Paths, run: StageRun) -> dict:
     return info
 
 
+def _train(network, loss_fn, dataset, train_params: dict, fingerprint: str, checkpoint: Path, run: StageRun):
+    """Train on the train split with resumable checkpoints; the finished EMA model supersedes the state file."""
+    ema, summary = train_generator(network, loss_fn, dataset.train_images, dataset.train_labels, **train_params,
+                                   checkpoint_path=checkpoint, fingerprint=fingerprint, report=run.log_metrics)
+    checkpoint.unlink(missing_ok=True)
+    return ema, summary
+
+
+def train_tokenizer(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """The VQ tokenizer of a token paradigm: reconstruction + codebook losses, then per-code usage on val."""
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    section = params["generators"][paradigm]["tokenizer"]
+    torch.manual_seed(section["train"]["seed"])
+    tokenizer = build_tokenizer(section["network"], resolution=dataset.resolution, channels=dataset.channels)
+    dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
+    fingerprint = params_hash({"data": dataset_hash, **section})
+    ema, summary = _train(tokenizer, tokenizer_loss, dataset, section["train"], fingerprint,
+                          paths.tokenizer_checkpoint(paradigm), run)
+    save_checkpoint(paths.tokenizer(paradigm), {"config": asdict(ema.config), "state_dict": ema.state_dict()})
+    quality = tokenizer_quality(ema, dataset.val_images)
+    info = {**summary, **quality, "parameters": sum(p.numel() for p in ema.parameters()),
+            "seconds": time.perf_counter() - started}
+    save_json(paths.tokenizer_info(paradigm), info)
+    run.log_metrics({key: info[key] for key in ("parameters", *quality)})
+    return info
+
+
+def _tokenizer_of(paths: Paths, paradigm: str):
+    made_by = f"train-tokenizer --paradigm {paradigm}"
+    return load_tokenizer(load_checkpoint(require(paths.tokenizer(paradigm), made_by)))
+
+
 def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     section = params["generators"][paradigm]
     spec = PARADIGMS[paradigm]
+    dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
+    settings = {"data": dataset_hash, **{key: section[key] for key in ("network", "objective", "pretrain")}}
+    token_args = {}
+    if spec.uses_tokenizer:  # the generator learns the tokens of this exact tokenizer
+        token_args = {"tokenizer": _tokenizer_of(paths, paradigm)}
+        settings["tokenizer"] = sha256_of_file(paths.tokenizer(paradigm))
     torch.manual_seed(section["pretrain"]["seed"])  # the initial weights belong to the run's seed too
     network = spec.build_network(section["network"], resolution=dataset.resolution, channels=dataset.channels,
-                                 num_classes=dataset.num_classes)
-    dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
-    fingerprint = params_hash({"data": dataset_hash, **{key: section[key] for key in ("network", "objective", "pretrain")}})
-    checkpoint = paths.generator_checkpoint(paradigm)
-    loss_fn = functools.partial(spec.training_loss, **section["objective"])
-    ema, summary = train_generator(
-        network, loss_fn, dataset.train_images, dataset.train_labels, **section["pretrain"],
-        checkpoint_path=checkpoint, fingerprint=fingerprint, report=run.log_metrics,
-    )
+                                 num_classes=dataset.num_classes, **token_args)
+    loss_fn = functools.partial(spec.training_loss, **section["objective"], **token_args)
+    ema, summary = _train(network, loss_fn, dataset, section["pretrain"], params_hash(settings),
+                          paths.generator_checkpoint(paradigm), run)
     save_checkpoint(paths.generator(paradigm), {
         "paradigm": paradigm, "config": asdict(ema.config), "state_dict": ema.state_dict(),
     })
-    checkpoint.unlink(missing_ok=True)  # the finished model supersedes the resumable state
     info = {**summary, "parameters": sum(p.numel() for p in ema.parameters()),
             "seconds": time.perf_counter() - started}
     save_json(paths.generator_info(paradigm), info)
@@ -123,7 +157,8 @@ def load_generator(params: dict, paths: Paths, paradigm: str):
     """The step-wise sampler of a pretrained generator with the params set's baseline schedule."""
     spec = PARADIGMS[paradigm]
     network = spec.load_network(load_checkpoint(require(paths.generator(paradigm), f"pretrain --paradigm {paradigm}")))
-    return spec.make_generator(network, params["generators"][paradigm]["sampling"])
+    token_args = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
+    return spec.make_generator(network, params["generators"][paradigm]["sampling"], **token_args)
 
 
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
@@ -207,6 +242,8 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
         "refstats": load_json(paths.refstats_info)["seconds"],
     }
     for paradigm in params["paradigms"]:
+        if PARADIGMS[paradigm].uses_tokenizer:
+            times[f"train-tokenizer {paradigm}"] = load_json(paths.tokenizer_info(paradigm))["seconds"]
         times[f"pretrain {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
         for variant in VARIANTS:
             metrics = load_json(paths.metrics(paradigm, variant))

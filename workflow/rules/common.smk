@@ -24,6 +24,7 @@ validate(config, "../schemas/params.schema.yaml")
 validate_params(config, PARAMS_FILE)  # the cross-key rules the CLI applies too
 PATHS = Paths.for_params_file(PARAMS_FILE)
 LOGS = f"logs/{PATHS.set_name}"
+TOKEN_PARADIGMS = [name for name, paradigm in PARADIGMS.items() if paradigm.uses_tokenizer]
 
 
 wildcard_constraints:

@@ -1,10 +1,34 @@
-# Per paradigm: pretrain the generator, sample each variant, evaluate it.
+# Per paradigm: train the tokenizer (token paradigms), pretrain the generator, sample each variant, evaluate it.
+
+
+rule train_tokenizer:
+    input:
+        dataset=str(PATHS.dataset),
+        info=str(PATHS.dataset_info),
+    output:
+        model=str(PATHS.tokenizer("{paradigm}")),
+        info=str(PATHS.tokenizer_info("{paradigm}")),
+    wildcard_constraints:
+        paradigm="|".join(TOKEN_PARADIGMS),
+    params:
+        section=lambda wildcards: config["generators"][wildcards.paradigm]["tokenizer"],
+    threads: 2
+    log:
+        f"{LOGS}/train-tokenizer-{{paradigm}}.log",
+    shell:
+        "adagen train-tokenizer --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
+
+
+def tokenizer_of(wildcards):
+    """The tokenizer a paradigm's generator is trained on and samples with (none for DiT, SiT)."""
+    return [str(PATHS.tokenizer(wildcards.paradigm))] if wildcards.paradigm in TOKEN_PARADIGMS else []
 
 
 rule pretrain:
     input:
         dataset=str(PATHS.dataset),
         info=str(PATHS.dataset_info),
+        tokenizer=tokenizer_of,
     output:
         model=str(PATHS.generator("{paradigm}")),
         info=str(PATHS.generator_info("{paradigm}")),
@@ -22,6 +46,7 @@ rule pretrain:
 rule sample:
     input:
         model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
         info=str(PATHS.dataset_info),
     output:
         samples=str(PATHS.samples("{paradigm}", "{variant}")),

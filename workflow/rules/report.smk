@@ -6,6 +6,8 @@ rule report:
         metrics=expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
         grids=expand(str(PATHS.grid("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
         models=expand(str(PATHS.generator_info("{paradigm}")), paradigm=config["paradigms"]),
+        tokenizers=expand(str(PATHS.tokenizer_info("{paradigm}")),
+                          paradigm=[p for p in config["paradigms"] if p in TOKEN_PARADIGMS]),
         refstats=str(PATHS.refstats_dir),
         evaluator=str(PATHS.evaluator_info),
         dataset=str(PATHS.dataset_info),

@@ -1,7 +1,8 @@
 """Step-wise generators, one file per paradigm, behind the contract of `base.StepwiseGenerator`.
 
 `PARADIGMS` is the registry the CLI, the Snakefile and the tests iterate over; adding a paradigm means
-adding its file and one entry here.
+adding its file and one entry here. Token paradigms (MaskGIT, VAR) also need a VQ tokenizer (tokenizer.py),
+trained by the pipeline before the generator at the embedded size.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from adagen.generators import dit, sit
+from adagen.generators import dit, maskgit, sit, var
 from adagen.generators.base import StepwiseGenerator
 
 
@@ -18,14 +19,22 @@ class Paradigm:
     """What the pipeline needs from one paradigm's file."""
 
     name: str
-    build_network: Callable  # (network_params, *, resolution, channels, num_classes) -> nn.Module
-    training_loss: Callable  # (network, images in [0, 1], labels, torch.Generator) -> scalar loss
+    # (network_params, *, resolution, channels, num_classes, [tokenizer]) -> nn.Module
+    build_network: Callable
+    # (network, images in [0, 1], labels, torch.Generator, **objective, [tokenizer]) -> scalar loss
+    training_loss: Callable
     load_network: Callable  # (checkpoint dict) -> nn.Module in eval mode
-    make_generator: Callable[..., StepwiseGenerator]  # (network, sampling_params) -> step-wise sampler
+    # (network, sampling_params, [tokenizer]) -> step-wise sampler
+    make_generator: Callable[..., StepwiseGenerator]
     full_sizes: dict[str, Callable]  # the paper's settings: name -> builder of the full-size network
+    uses_tokenizer: bool = False  # the [tokenizer] arguments above: its VQ tokenizer
 
 
 PARADIGMS: dict[str, Paradigm] = {
+    "maskgit": Paradigm("maskgit", maskgit.build_network, maskgit.training_loss, maskgit.load_network,
+                        maskgit.MaskGITGenerator.from_params, maskgit.FULL_SIZES, uses_tokenizer=True),
+    "var": Paradigm("var", var.build_network, var.training_loss, var.load_network, var.VARGenerator.from_params,
+                    var.FULL_SIZES, uses_tokenizer=True),
     "dit": Paradigm("dit", dit.build_network, dit.training_loss, dit.load_network, dit.DiTGenerator.from_params,
                     dit.FULL_SIZES),
     "sit": Paradigm("sit", sit.build_network, sit.training_loss, sit.load_network, sit.SiTGenerator.from_params,
