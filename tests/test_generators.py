@@ -376,3 +376,133 @@ def test_latent_generators_decode_through_the_autoencoder(paradigm):
     assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
     alone = rollout(generator, torch.tensor([1]), SampleRNG([1])).images
     torch.testing.assert_close(alone[0], images[1], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token paradigms: plain reference samplers (one sample at a time, no batching, no KV cache), the same
+# per-sample noise protocol (one uniform draw per step of shape (positions, V + 1) for MaskGIT, (positions, V)
+# for VAR, Gumbel-max sampling), and the properties specific to each.
+
+def gumbel_of(uniform):
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+
+
+def reference_maskgit(generator, label: int, seed: int):
+    """MaskGIT decoding of METHOD.md 1.4 for one sample, with the baseline schedule."""
+    network, schedule = generator.network, generator.baseline_schedule()
+    rng = torch.Generator().manual_seed(seed)
+    mask_id, length, vocab = network.mask_id, network.config.num_tokens, network.config.codebook_size
+    ids = torch.full((1, length), mask_id)
+    for k in range(generator.num_steps):
+        cond = network(ids, torch.tensor([label]))[0]
+        uncond = network(ids, torch.tensor([NUM_CLASSES]))[0]
+        logits = cond + schedule["cfg"][k] * (cond - uncond)
+        noise = torch.rand(length, vocab + 1, generator=rng)
+        drawn = (logits / schedule["sample_temp"][k] + gumbel_of(noise[:, :vocab])).argmax(-1)
+        confidence = torch.log_softmax(logits, -1)[torch.arange(length), drawn]
+        sampled = ids[0].clone()
+        for i in range(length):
+            if ids[0, i] == mask_id:
+                sampled[i] = drawn[i]
+            else:
+                confidence[i] = float("inf")
+        n_masked = min(int(math.floor(length * float(schedule["mask_ratio"][k]))), length - 1)
+        perturbed = confidence + schedule["gumbel_temp"][k] * gumbel_of(noise[:, vocab])
+        threshold = sorted(perturbed.tolist())[n_masked]
+        ids = torch.where(perturbed < threshold, mask_id, sampled).unsqueeze(0)
+    return generator.tokenizer.decode_indices(sampled.unsqueeze(0))[0]
+
+
+def reference_var(generator, label: int, seed: int):
+    """Next-scale sampling for one sample through the teacher-forcing forward (full block-causal mask): the
+    inputs of later scales are zeros, which the mask keeps from influencing the scales already sampled."""
+    network, quantizer, schedule = generator.network, generator.tokenizer.quantize, generator.baseline_schedule()
+    rng = torch.Generator().manual_seed(seed)
+    patch_nums, vocab = network.patch_nums, network.config.codebook_size
+    side, width = patch_nums[-1], quantizer.embedding.weight.shape[1]
+    inputs = torch.zeros(1, network.L - network.first_l, width)
+    f_hat = torch.zeros(1, width, side, side)
+    for si, pn in enumerate(patch_nums):
+        begin, end = network.begin_ends[si]
+        cond = network(torch.tensor([label]), inputs)[0, begin:end]
+        uncond = network(torch.tensor([NUM_CLASSES]), inputs)[0, begin:end]
+        t = schedule["cfg"][si] * si / (len(patch_nums) - 1)
+        logits = (1 + t) * cond - t * uncond
+        k = int(schedule["top_k"][si])
+        logits[logits < logits.topk(k, dim=-1).values[:, -1:]] = -math.inf
+        for row in logits:  # nucleus: drop the least likely tokens holding at most 1 - p of the mass
+            order = row.argsort()
+            cumulative = row[order].softmax(-1).cumsum(-1)
+            dropped = order[:-1][cumulative[:-1] <= 1 - schedule["top_p"][si]]
+            row[dropped] = -math.inf
+        noise = torch.rand(pn * pn, vocab, generator=rng)
+        tokens = (logits / schedule["sample_temp"][si] + gumbel_of(noise)).argmax(-1)
+        token_map = quantizer.embedding(tokens).T.reshape(1, width, pn, pn)
+        upsampled = torch.nn.functional.interpolate(token_map, size=(side, side), mode="bicubic") if pn != side \
+            else token_map
+        f_hat = f_hat + quantizer.quant_resi.for_scale(si, len(patch_nums))(upsampled)
+        if si + 1 < len(patch_nums):
+            nxt = patch_nums[si + 1]
+            following = torch.nn.functional.interpolate(f_hat, size=(nxt, nxt), mode="area")
+            b, e = network.begin_ends[si + 1]
+            inputs[0, b - network.first_l : e - network.first_l] = following.flatten(2)[0].T
+    return generator.tokenizer.to_unit(generator.tokenizer.decode_latent(f_hat))[0]
+
+
+REFERENCE_SAMPLERS = {"maskgit": reference_maskgit, "var": reference_var}
+
+
+@pytest.mark.parametrize("paradigm", sorted(REFERENCE_SAMPLERS))
+def test_baseline_actions_reproduce_the_reference_token_sampler(paradigm):
+    generator = make_generator(paradigm)
+    labels, seeds = [1, 3, 0], [5, 6, 7]
+    with torch.no_grad():
+        expected = torch.stack([REFERENCE_SAMPLERS[paradigm](generator, y, s) for y, s in zip(labels, seeds)])
+    images = rollout(generator, torch.tensor(labels), SampleRNG(seeds)).images
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_var_with_and_without_kv_cache_agree():
+    cached, uncached = make_generator("var"), make_generator("var", kv_cache=False)
+    labels, seeds = torch.tensor([0, 2, 3]), [0, 1, 2]
+    with_cache = rollout(cached, labels, SampleRNG(seeds))
+    without = rollout(uncached, labels, SampleRNG(seeds))
+    torch.testing.assert_close(with_cache.images, without.images, atol=1e-5, rtol=1e-5)
+    assert with_cache.nfe == without.nfe == len(cached.patch_nums)
+
+
+def test_maskgit_never_changes_a_revealed_token():
+    generator = make_generator("maskgit", steps=6)
+    state = generator.init(torch.tensor([0, 1, 2, 3]), SampleRNG([0, 1, 2, 3]))
+    mask_id = generator.network.mask_id
+    generator_rng = torch.Generator().manual_seed(0)
+    revealed_counts = []
+    for k in range(generator.num_steps):
+        # Random per-sample actions, including ratios that would re-mask more than is still masked.
+        actions = {"mask_ratio": torch.rand(4, generator=generator_rng),
+                   "gumbel_temp": 3 * torch.rand(4, generator=generator_rng),
+                   "sample_temp": 0.2 + torch.rand(4, generator=generator_rng),
+                   "cfg": 2 * torch.rand(4, generator=generator_rng)}
+        before = state.ids.clone()
+        state = generator.step(state, actions)
+        kept = before != mask_id
+        assert torch.equal(state.sampled[kept], before[kept])
+        assert torch.equal(state.ids[kept], before[kept])  # never re-masked either
+        revealed_counts.append((state.ids != mask_id).sum(1))
+    assert (state.sampled != mask_id).all()  # the decoded tokens are all filled
+    assert (torch.stack(revealed_counts).diff(dim=0) >= 0).all()
+
+
+def test_multiscale_tokenizer_scales_add_up_to_its_latent():
+    # Quantizing and re-embedding through next_input rebuilds exactly the f_hat the quantizer's forward builds.
+    tokenizer = make_tokenizer("var")
+    images = torch.rand(2, CHANNELS, RESOLUTION, RESOLUTION)
+    with torch.no_grad():
+        latent = tokenizer.encode(tokenizer.from_unit(images))
+        quantized, _ = tokenizer.quantize(latent)
+        indices = tokenizer.quantize.indices(latent)
+        f_hat = torch.zeros_like(latent)
+        for si, idx in enumerate(indices):
+            f_hat, _ = tokenizer.quantize.next_input(si, f_hat, idx)
+    assert [idx.shape[1] for idx in indices] == [pn * pn for pn in tokenizer.config.patch_nums]
+    torch.testing.assert_close(f_hat, quantized, atol=1e-5, rtol=1e-5)

@@ -18,9 +18,11 @@ import yaml
 
 from conftest import copy_project
 
-STAGES = {"prepare-data", "train-evaluator", "refstats", "pretrain", "sample", "evaluate", "report"}
+STAGES = {"prepare-data", "train-evaluator", "refstats", "train-tokenizer", "pretrain", "sample", "evaluate", "report"}
 PER_PARADIGM = {"pretrain", "sample", "evaluate"}
-PARADIGMS = ["dit", "sit"]  # those of params/smoke.yaml
+PARADIGMS = ["maskgit", "var", "dit", "sit"]  # those of params/smoke.yaml
+TOKEN_PARADIGMS = ["maskgit", "var"]
+SMOKE_NFE = {"maskgit": 4, "var": 4, "dit": 4, "sit": 4}  # 4 steps, 4 scales (1, 2, 4, 8), 4 evaluations
 pytestmark = pytest.mark.slow
 
 
@@ -53,18 +55,24 @@ def test_outputs_of_every_stage(finished_smoke_run):
     assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall",
                              "n_samples", "seconds"]
     assert [(row["paradigm"], row["variant"], row["nfe"], row["n_samples"]) for row in rows] == \
-        [(paradigm, "static", "4", "40") for paradigm in PARADIGMS]
+        [(paradigm, "static", str(SMOKE_NFE[paradigm]), "40") for paradigm in PARADIGMS]
     assert all(np.isfinite(float(row["fid"])) and float(row["fid"]) > 0 for row in rows)
     summary = (results / "summary.md").read_text()
     assert "uniform noise" in summary
     for paradigm in PARADIGMS:
         assert f"| {paradigm} | static | 4 |" in summary and f"pretrain {paradigm}" in summary
+    for paradigm in TOKEN_PARADIGMS:
+        assert f"train-tokenizer {paradigm}" in summary
+        tokenizer = json.loads((results / paradigm / "tokenizer" / "tokenizer.json").read_text())
+        assert tokenizer["val_psnr"] > 0 and 0 < tokenizer["codebook_usage"] <= 1
     samples = np.load(results / "dit" / "samples" / "static.npz")
     assert samples["images"].dtype == np.uint8 and samples["images"].shape == (40, 1, 16, 16)
     assert (results / "dit" / "samples" / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((results / "dit" / "metrics" / "static.json").read_text())
     assert {"fid", "isc", "kid", "precision", "recall", "n_samples", "nfe", "forwards", "seconds"} <= set(metrics)
     assert metrics["forwards"] == 2 * metrics["nfe"] == 8
+    for paradigm in PARADIGMS:
+        assert np.load(results / paradigm / "samples" / "static.npz")["images"].shape == (40, 1, 16, 16)
     refstats = json.loads((project / "data" / "smoke" / "refstats" / "refstats.json").read_text())
     assert refstats["sanity"]["fid_noise_vs_val"] > 10 * refstats["sanity"]["fid_train_vs_val"]
     # Nothing half-written is left behind.
@@ -86,9 +94,11 @@ def test_mlflow_has_one_finished_run_per_stage(finished_smoke_run):
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
     assert {r.data.tags["stage"] for r in runs} == STAGES
-    assert len(runs) == len(STAGES) + (len(PARADIGMS) - 1) * len(PER_PARADIGM)
+    assert len(runs) == len(STAGES) + (len(PARADIGMS) - 1) * len(PER_PARADIGM) + len(TOKEN_PARADIGMS) - 1
     for stage in PER_PARADIGM:
-        assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == stage) == PARADIGMS
+        assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == stage) == sorted(PARADIGMS)
+    assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == "train-tokenizer") == \
+        sorted(TOKEN_PARADIGMS)
     for stage_run in runs:
         assert stage_run.info.status == "FINISHED"
         assert stage_run.data.tags["params_hash"] and stage_run.data.tags["git_commit"] != "unknown"
@@ -112,20 +122,23 @@ def test_dvc_records_the_snakemake_outputs_and_reruns_one_paradigm(finished_smok
     # Recording the outputs must not make Snakemake think they changed.
     again = run(["snakemake", "-n", "--configfile", "params/smoke.yaml", "--cores", "2", "all"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
-    model = project / "results" / "smoke" / "dit" / "generator" / "model.pt"
-    model_mtime = model.stat().st_mtime_ns
+    results = project / "results" / "smoke"
+    untouched = {path: path.stat().st_mtime_ns for path in [
+        results / "maskgit" / "generator" / "model.pt", results / "maskgit" / "tokenizer" / "tokenizer.pt",
+        *(results / paradigm / "metrics" / "static.json" for paradigm in PARADIGMS if paradigm != "maskgit")]}
 
+    # A new MaskGIT schedule: `dvc repro evaluate@maskgit` samples and evaluates MaskGIT again, nothing else.
     params_file = project / "params" / "smoke.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["generators"]["dit"]["sampling"]["nfe"] = 3
+    params["generators"]["maskgit"]["sampling"]["steps"] = 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], project)
-    assert "sample@dit" in status.stdout and "pretrain@dit" not in status.stdout
-    repro = run(["dvc", "repro", "evaluate@dit"], project)
-    assert "Running stage 'sample@dit'" in repro.stdout and "Running stage 'pretrain@dit'" not in repro.stdout
-    assert model.stat().st_mtime_ns == model_mtime
-    metrics = json.loads((project / "results" / "smoke" / "dit" / "metrics" / "static.json").read_text())
-    assert metrics["nfe"] == 3
+    assert "sample@maskgit" in status.stdout and "pretrain-on-tokens@maskgit" not in status.stdout
+    repro = run(["dvc", "repro", "evaluate@maskgit"], project)
+    ran = sorted(line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate@maskgit", "sample@maskgit"], repro.stdout
+    assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
+    assert json.loads((results / "maskgit" / "metrics" / "static.json").read_text())["nfe"] == 3
 
 
 def test_mlflow_ui_serves_the_runs(finished_smoke_run):

@@ -37,7 +37,8 @@ def dvc_stages(workdir) -> dict[str, set[str]]:
 def test_snakemake_and_dvc_agree_on_commands_and_outputs():
     snakemake = snakemake_jobs(REPO)
     dvc = dvc_stages(REPO)
-    assert len(snakemake) == 4 + 3 * 2  # data, evaluator, refstats, report + 3 stages x 2 paradigms
+    # data, evaluator, refstats, report + pretrain, sample, evaluate x 4 paradigms + 2 tokenizers
+    assert len(snakemake) == 4 + 3 * 4 + 2
     assert snakemake.keys() == dvc.keys()
     for command, outputs in snakemake.items():
         assert outputs == dvc[command], command
@@ -47,6 +48,7 @@ def test_dvc_report_depends_on_every_paradigm_of_the_default_set():
     from dvc.repo import Repo
 
     from adagen.config import Paths, load_params
+    from adagen.generators import PARADIGMS
     from adagen.stages import VARIANTS
 
     params, paths = load_params(REPO / "params" / "default.yaml"), Paths("default")
@@ -55,8 +57,21 @@ def test_dvc_report_depends_on_every_paradigm_of_the_default_set():
         deps = {dep.def_path for dep in report.deps}
     for paradigm in params["paradigms"]:
         assert str(paths.generator_info(paradigm)) in deps
+        if PARADIGMS[paradigm].uses_tokenizer:
+            assert str(paths.tokenizer_info(paradigm)) in deps
         for variant in VARIANTS:
             assert {str(paths.metrics(paradigm, variant)), str(paths.grid(paradigm, variant))} <= deps
+
+
+def test_dvc_splits_the_paradigms_of_the_default_set_by_tokenizer():
+    from adagen.config import load_params
+    from adagen.generators import PARADIGMS
+
+    variables = {key: value for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"]
+                 if isinstance(entry, dict) for key, value in entry.items()}
+    paradigms = load_params(REPO / "params" / "default.yaml")["paradigms"]
+    assert variables["token_paradigms"] == [p for p in paradigms if PARADIGMS[p].uses_tokenizer]
+    assert variables["pixel_paradigms"] == [p for p in paradigms if not PARADIGMS[p].uses_tokenizer]
 
 
 def test_every_cli_stage_is_in_the_pipeline():

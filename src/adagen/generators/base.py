@@ -28,6 +28,11 @@ def inverse_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+def gumbel_noise(uniform: Tensor) -> Tensor:
+    """Standard Gumbel noise from uniforms in [0, 1): argmax(logits + noise) is a categorical draw."""
+    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     """One per-step generation parameter the policy may choose (METHOD.md 1.2).

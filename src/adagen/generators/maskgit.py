@@ -24,7 +24,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 
-from adagen.generators.base import SampleRNG, StepwiseGenerator, sigmoid_spec, softplus_spec
+from adagen.generators.base import SampleRNG, StepwiseGenerator, gumbel_noise, sigmoid_spec, softplus_spec
 from adagen.generators.tokenizer import TokenizerConfig, VQTokenizer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,10 +188,6 @@ def step_fraction(T: int) -> Tensor:
     return (torch.arange(T, dtype=torch.float32) + 1 - 1e-3) / T
 
 
-def gumbel(uniform: Tensor) -> Tensor:
-    return -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-
-
 @dataclass(frozen=True)
 class MaskGITState:
     k: int
@@ -252,14 +248,14 @@ class MaskGITGenerator(StepwiseGenerator):
         w = actions["cfg"].view(-1, 1, 1)
         logits = state.cond + w * (state.cond - state.uncond)
         noise = state.rng.rand(length, vocab + 1).to(self.device)  # per sample: token draw and re-mask noise
-        drawn = (logits / actions["sample_temp"].view(-1, 1, 1) + gumbel(noise[..., :vocab])).argmax(dim=-1)
+        drawn = (logits / actions["sample_temp"].view(-1, 1, 1) + gumbel_noise(noise[..., :vocab])).argmax(dim=-1)
         confidence = logits.log_softmax(dim=-1).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
         revealed = state.ids != self.network.mask_id
         sampled = torch.where(revealed, state.ids, drawn)
         confidence = torch.where(revealed, math.inf, confidence)
         # Re-mask the n least confident (Gumbel-perturbed) positions; revealed ones (+inf) never qualify.
         n_masked = torch.floor(length * actions["mask_ratio"]).long().clamp(max=length - 1)
-        perturbed = confidence + actions["gumbel_temp"].view(-1, 1) * gumbel(noise[..., vocab])
+        perturbed = confidence + actions["gumbel_temp"].view(-1, 1) * gumbel_noise(noise[..., vocab])
         threshold = perturbed.sort(dim=-1).values.gather(-1, n_masked.view(-1, 1))
         ids = torch.where(perturbed < threshold, self.network.mask_id, sampled)
         state = replace(state, k=state.k + 1, ids=ids, sampled=sampled, cond=None, uncond=None)

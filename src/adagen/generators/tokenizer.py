@@ -219,6 +219,13 @@ class Decoder(nn.Module):
 # Quantizers
 
 
+def token_map(embedding: nn.Embedding, indices_BN: Tensor) -> Tensor:
+    """Row-major indices of a square map (B, side*side) -> their codes as a (B, C, side, side) map."""
+    B, N = indices_BN.shape
+    side = math.isqrt(N)
+    return embedding(indices_BN).view(B, side, side, -1).permute(0, 3, 1, 2)
+
+
 def _nearest_code(z_NC: Tensor, codebook_VC: Tensor) -> Tensor:
     distances = z_NC.pow(2).sum(1, keepdim=True) - 2 * z_NC @ codebook_VC.T + codebook_VC.pow(2).sum(1)[None]
     return distances.argmin(dim=1)
@@ -240,9 +247,7 @@ class VectorQuantizer(nn.Module):
         return _nearest_code(flat, self.embedding.weight).view(B, h * w)
 
     def embed(self, indices_BN: Tensor) -> Tensor:
-        B, N = indices_BN.shape
-        side = math.isqrt(N)
-        return self.embedding(indices_BN).view(B, side, side, -1).permute(0, 3, 1, 2)
+        return token_map(self.embedding, indices_BN)
 
     def forward(self, z_BChw: Tensor) -> tuple[Tensor, Tensor]:
         quantized = self.embed(self.indices(z_BChw))
@@ -298,21 +303,28 @@ class MultiScaleQuantizer(nn.Module):
             token_map_BCpp = F.interpolate(token_map_BCpp, size=(self.side, self.side), mode="bicubic")
         return self.quant_resi.for_scale(si, len(self.patch_nums))(token_map_BCpp)
 
-    def indices(self, z_BChw: Tensor) -> list[Tensor]:
-        """Per scale, (B, pn*pn) indices: each scale quantizes what the coarser ones left."""
-        residual, out = z_BChw, []
+    def _quantize(self, z_BChw: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """VAR's residual loop: per scale, quantize what the coarser scales left (area-downsampled), add its
+        upsampled, phi-refined codes to f_hat. Returns the indices, f_hat and the codebook + commitment loss."""
+        f_hat, residual = torch.zeros_like(z_BChw), z_BChw.detach()
+        indices, loss = [], z_BChw.new_zeros(())
         for si, pn in enumerate(self.patch_nums):
             down = F.interpolate(residual, size=(pn, pn), mode="area") if pn != self.side else residual
             B, C = down.shape[:2]
             idx = _nearest_code(down.permute(0, 2, 3, 1).reshape(-1, C), self.embedding.weight).view(B, pn * pn)
-            out.append(idx)
-            residual = residual - self.upsampled(si, self.embed(idx))
-        return out
+            contribution = self.upsampled(si, self.embed(idx))
+            f_hat = f_hat + contribution
+            residual = residual - contribution.detach()
+            indices.append(idx)
+            loss = loss + F.mse_loss(f_hat, z_BChw.detach()) + self.beta * F.mse_loss(z_BChw, f_hat.detach())
+        return indices, f_hat, loss / len(self.patch_nums)
+
+    def indices(self, z_BChw: Tensor) -> list[Tensor]:
+        """Per scale, (B, pn*pn) indices."""
+        return self._quantize(z_BChw)[0]
 
     def embed(self, indices_BN: Tensor) -> Tensor:
-        B, N = indices_BN.shape
-        side = math.isqrt(N)
-        return self.embedding(indices_BN).view(B, side, side, -1).permute(0, 3, 1, 2)
+        return token_map(self.embedding, indices_BN)
 
     def next_input(self, si: int, f_hat: Tensor, indices_BN: Tensor) -> tuple[Tensor, Tensor | None]:
         """Add scale si's tokens to the partial latent f_hat; return it and, before the last scale, the next
@@ -334,16 +346,7 @@ class MultiScaleQuantizer(nn.Module):
         return torch.cat(inputs, dim=1)
 
     def forward(self, z_BChw: Tensor) -> tuple[Tensor, Tensor]:
-        f_hat, residual, loss = torch.zeros_like(z_BChw), z_BChw, z_BChw.new_zeros(())
-        for si, pn in enumerate(self.patch_nums):
-            down = F.interpolate(residual, size=(pn, pn), mode="area") if pn != self.side else residual
-            B, C = down.shape[:2]
-            idx = _nearest_code(down.detach().permute(0, 2, 3, 1).reshape(-1, C), self.embedding.weight)
-            contribution = self.upsampled(si, self.embed(idx.view(B, pn * pn)))
-            f_hat = f_hat + contribution
-            residual = residual - contribution.detach()
-            loss = loss + F.mse_loss(f_hat, z_BChw.detach()) + self.beta * F.mse_loss(z_BChw, f_hat.detach())
-        loss = loss / len(self.patch_nums)
+        _, f_hat, loss = self._quantize(z_BChw)
         return z_BChw + (f_hat - z_BChw).detach(), loss
 
 

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor
 
-from adagen.generators.base import ActionSpec, SampleRNG, StepwiseGenerator, inverse_sigmoid, sigmoid_spec, softplus_spec
+from adagen.generators.base import (
+    ActionSpec, SampleRNG, StepwiseGenerator, gumbel_noise, inverse_sigmoid, sigmoid_spec, softplus_spec,
+)
 from adagen.generators.tokenizer import TokenizerConfig, VQTokenizer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,12 +259,6 @@ def filter_top_k_top_p(logits_BlV: Tensor, top_k_B: Tensor, top_p_B: Tensor) -> 
     return logits_BlV.masked_fill(remove.scatter(-1, order, remove), -math.inf)
 
 
-def gumbel_max(logits_BlV: Tensor, uniform_BlV: Tensor) -> Tensor:
-    """A categorical draw per row from given uniforms (argmax of logits + Gumbel noise)."""
-    gumbel = -torch.log(-torch.log(uniform_BlV.clamp(1e-20, 1.0 - 1e-7)))
-    return (logits_BlV + gumbel).argmax(dim=-1)
-
-
 @dataclass(frozen=True)
 class VARState:
     si: int  # scale whose tokens the next step samples
@@ -345,7 +341,7 @@ class VARGenerator(StepwiseGenerator):
         logits = (1 + t) * state.logits[:batch] - t * state.logits[batch:]
         logits = filter_top_k_top_p(logits, actions["top_k"], actions["top_p"])
         logits = logits / actions["sample_temp"].view(-1, 1, 1)
-        tokens = gumbel_max(logits, state.rng.rand(*logits.shape[1:]).to(self.device))
+        tokens = (logits + gumbel_noise(state.rng.rand(*logits.shape[1:]).to(self.device))).argmax(dim=-1)
         f_hat, next_latent = self.tokenizer.quantize.next_input(si, state.f_hat, tokens)
         state = replace(state, si=si + 1, logits=None, f_hat=f_hat)
         if next_latent is None:
