@@ -1,6 +1,7 @@
 # Params set, validation and paths shared by every rule.
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from adagen.config import Paths, validate_params
@@ -25,6 +26,15 @@ validate_params(config, PARAMS_FILE)  # the cross-key rules the CLI applies too
 PATHS = Paths.for_params_file(PARAMS_FILE)
 LOGS = f"logs/{PATHS.set_name}"
 TOKEN_PARADIGMS = [name for name, paradigm in PARADIGMS.items() if paradigm.uses_tokenizer]
+
+
+def training_threads():
+    """Half the cores: two training jobs run side by side. The tiny networks scale poorly over threads
+    (one 2-thread job is 1.5-1.7x a 1-thread job on 2 cores), so two 1-thread jobs get more done."""
+    try:
+        return max(1, workflow.cores // 2)
+    except WorkflowError:  # no --cores (a cluster profile sets threads per rule)
+        return 1
 
 
 wildcard_constraints:

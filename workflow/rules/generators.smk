@@ -12,7 +12,7 @@ rule train_tokenizer:
         paradigm="|".join(TOKEN_PARADIGMS),
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm]["tokenizer"],
-    threads: 2
+    threads: training_threads()
     log:
         f"{LOGS}/train-tokenizer-{{paradigm}}.log",
     shell:
@@ -36,7 +36,7 @@ rule pretrain:
         network=lambda wildcards: config["generators"][wildcards.paradigm]["network"],
         objective=lambda wildcards: config["generators"][wildcards.paradigm]["objective"],
         pretrain=lambda wildcards: config["generators"][wildcards.paradigm]["pretrain"],
-    threads: 2
+    threads: training_threads()
     log:
         f"{LOGS}/pretrain-{{paradigm}}.log",
     shell:

@@ -352,7 +352,7 @@ class VARGenerator(StepwiseGenerator):
     def decode(self, state: VARState) -> Tensor:
         if state.si != self.num_steps:
             raise RuntimeError(f"decode after {state.si} of {self.num_steps} scales")
-        return ((self.tokenizer.decode_latent(state.f_hat).clamp(-1, 1) + 1) / 2)
+        return self.tokenizer.to_unit(self.tokenizer.decode_latent(state.f_hat))
 
     def nfe(self, state: VARState) -> int:
         return state.forwards // 2
