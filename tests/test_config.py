@@ -57,6 +57,16 @@ BAD_PARAMS = [
     ("data.source", "folder", "data.path: required when data.source is 'folder'"),
     ("generators.dit.network.num_heads", 3, "generators.dit.network.num_heads: must divide hidden_size"),
     ("generators.dit.sampling.t_end", 0.95, "generators.dit.sampling.t_end: must be below t_start"),
+    ("generators.var.tokenizer.network.patch_nums", [1, 2, 4], "patch_nums: must increase strictly and end at the latent side 8"),
+    ("generators.var.tokenizer.network.patch_nums", [1, 4, 2, 8], "patch_nums: must increase strictly"),
+    ("generators.var.tokenizer.network.patch_nums", _DELETE, "generators.var.tokenizer.network.patch_nums: required"),
+    ("generators.maskgit.tokenizer.network.patch_nums", [1, 8], "patch_nums: only for multi-scale tokenizers (var)"),
+    ("generators.var.sampling.top_k", 300, "generators.var.sampling.top_k: above the codebook size 256"),
+    ("generators.maskgit.tokenizer.network.codebook_dim", 8, "codebook_dim: must equal z_channels without quant_conv"),
+    ("generators.maskgit.tokenizer.network.ch_mult", [1, 2, 2, 2, 2, 2], "ch_mult: 5 halvings do not divide data.resolution 16"),
+    ("generators.maskgit.tokenizer.network.style", "vqgan", "generators.maskgit.tokenizer.network.style"),
+    ("generators.maskgit.network.depth", 5, "generators.maskgit.network.depth"),
+    ("generators.maskgit.sampling.mask_ratio", 0.5, "generators.maskgit.sampling.mask_ratio: unknown key"),
 ]
 
 
