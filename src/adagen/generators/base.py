@@ -49,6 +49,11 @@ class ActionSpec:
     high: float = math.inf
 
 
+def constant(value: float) -> Callable[[int], Tensor]:
+    """A baseline schedule that keeps one value for all T decisions."""
+    return lambda T: torch.full((T,), float(value))
+
+
 def sigmoid_spec(name: str, baseline: Callable[[int], Tensor], low: float = 0.0, high: float = 1.0) -> ActionSpec:
     return ActionSpec(name, torch.sigmoid, inverse_sigmoid, baseline, low, high)
 
@@ -87,10 +92,15 @@ class StepwiseGenerator(abc.ABC):
     `feature_grid` (what `observe` returns: (B, H*W, C) tokens of an H x W grid).
     """
 
+    network: torch.nn.Module  # the frozen generator network
     num_steps: int
     action_specs: tuple[ActionSpec, ...]
     feature_dim: int
     feature_grid: tuple[int, int]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
 
     @abc.abstractmethod
     def init(self, labels: Tensor, rng: SampleRNG) -> Any:

@@ -19,7 +19,7 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor
 
 from adagen.generators import latent
-from adagen.generators.base import SampleRNG, StepwiseGenerator, sigmoid_spec, softplus_spec
+from adagen.generators.base import SampleRNG, StepwiseGenerator, constant, sigmoid_spec, softplus_spec
 from adagen.generators.solvers import VPLinearSchedule, first_order_update, second_order_update, uniform_time_grid
 
 
@@ -291,7 +291,7 @@ class DiTGenerator(StepwiseGenerator):
         low, high = self.time_bounds
         self.action_specs = (
             sigmoid_spec("time", lambda T: uniform_time_grid(t_start, t_end, T), low=low, high=high),
-            softplus_spec("cfg", lambda T: torch.full((T,), float(cfg))),
+            softplus_spec("cfg", constant(cfg)),
         )
 
     @classmethod
@@ -305,10 +305,6 @@ class DiTGenerator(StepwiseGenerator):
     def noise_prediction(self, output: Tensor, x: Tensor, t_B: Tensor) -> Tensor:
         """The network's output as predicted noise; DiT predicts it directly."""
         return output
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
 
     def init(self, labels: Tensor, rng: SampleRNG) -> DiTState:
         network = self.network

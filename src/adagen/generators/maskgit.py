@@ -24,7 +24,9 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import Tensor
 
-from adagen.generators.base import SampleRNG, StepwiseGenerator, gumbel_noise, sigmoid_spec, softplus_spec
+from adagen.generators.base import (
+    SampleRNG, StepwiseGenerator, constant, gumbel_noise, sigmoid_spec, softplus_spec,
+)
 from adagen.generators.tokenizer import TokenizerConfig, VQTokenizer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,17 +217,13 @@ class MaskGITGenerator(StepwiseGenerator):
         self.action_specs = (
             sigmoid_spec("mask_ratio", lambda T: torch.cos(math.pi / 2 * step_fraction(T))),
             softplus_spec("gumbel_temp", lambda T: (1 - step_fraction(T)) * gumbel_temp),
-            softplus_spec("sample_temp", lambda T: torch.full((T,), float(sample_temp)), low=1e-3),
+            softplus_spec("sample_temp", constant(sample_temp), low=1e-3),
             softplus_spec("cfg", lambda T: (torch.arange(T, dtype=torch.float32) + 1e-3) / T * cfg),
         )
 
     @classmethod
     def from_params(cls, network: UViT, sampling_params: dict, tokenizer: VQTokenizer) -> "MaskGITGenerator":
         return cls(network, tokenizer, **sampling_params)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
 
     def _evaluate(self, state: MaskGITState) -> MaskGITState:
         batch = state.ids.shape[0]

@@ -100,12 +100,24 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _level(blocks: list[nn.Module], attns: list[nn.Module], resample: nn.Module | None) -> nn.Module:
-    level = nn.Module()
-    level.block, level.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
-    if resample is not None:
-        level.add_module("downsample" if isinstance(resample, Downsample) else "upsample", resample)
-    return level
+class Level(nn.Module):
+    """One resolution of the encoder or decoder: res blocks, each followed by its attention block where the
+    level has them, then the down- or upsampling (attribute names as in the checkpoints)."""
+
+    def __init__(self, blocks: list[nn.Module], attns: list[nn.Module], resample: nn.Module | None):
+        super().__init__()
+        self.block, self.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
+        self.resample_name = "downsample" if isinstance(resample, Downsample) else "upsample"
+        if resample is not None:
+            self.add_module(self.resample_name, resample)
+
+    def forward(self, h: Tensor) -> Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        resample = getattr(self, self.resample_name, None)
+        return h if resample is None else resample(h)
 
 
 def _middle(channels: int, c: "TokenizerConfig") -> nn.Module:
@@ -162,7 +174,7 @@ class Encoder(nn.Module):
                 if side in c.attn_resolutions:
                     attns.append(AttnBlock(width, c.norm_groups, c.fused_qkv))
             last = i == len(c.ch_mult) - 1
-            levels.append(_level(blocks, attns, None if last else Downsample(width, with_conv=not c.jax_style)))
+            levels.append(Level(blocks, attns, None if last else Downsample(width, with_conv=not c.jax_style)))
             side = side if last else side // 2
         self.down = nn.ModuleList(levels)
         self.mid = _middle(width, c)
@@ -173,12 +185,7 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+            h = level(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -197,7 +204,7 @@ class Decoder(nn.Module):
                 width = c.ch * c.ch_mult[i]
                 if side in c.attn_resolutions:
                     attns.append(AttnBlock(width, c.norm_groups, c.fused_qkv))
-            levels.insert(0, _level(blocks, attns, Upsample(width) if i else None))
+            levels.insert(0, Level(blocks, attns, Upsample(width) if i else None))
             side = side * 2 if i else side
         self.up = nn.ModuleList(levels)  # up[0] is the finest level, as in the checkpoints
         self.norm_out = _norm(width, c.norm_groups)
@@ -206,12 +213,7 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = level(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

@@ -23,7 +23,7 @@ from timm.layers import Mlp
 from torch import Tensor
 
 from adagen.generators.base import (
-    ActionSpec, SampleRNG, StepwiseGenerator, gumbel_noise, inverse_sigmoid, sigmoid_spec, softplus_spec,
+    ActionSpec, SampleRNG, StepwiseGenerator, constant, gumbel_noise, inverse_sigmoid, sigmoid_spec, softplus_spec,
 )
 from adagen.generators.tokenizer import TokenizerConfig, VQTokenizer
 
@@ -287,20 +287,16 @@ class VARGenerator(StepwiseGenerator):
         self.feature_grid = (self.patch_nums[-1], self.patch_nums[-1])
         V = network.config.codebook_size
         self.action_specs = (
-            softplus_spec("cfg", lambda T: torch.full((T,), float(cfg))),
+            softplus_spec("cfg", constant(cfg)),
             ActionSpec("top_k", lambda u: torch.sigmoid(u) * V, lambda k: inverse_sigmoid(k / V),
-                       lambda T: torch.full((T,), float(top_k)), low=1.0, high=float(V)),
-            sigmoid_spec("top_p", lambda T: torch.full((T,), float(top_p))),
-            softplus_spec("sample_temp", lambda T: torch.full((T,), float(sample_temp)), low=1e-3),
+                       constant(top_k), low=1.0, high=float(V)),
+            sigmoid_spec("top_p", constant(top_p)),
+            softplus_spec("sample_temp", constant(sample_temp), low=1e-3),
         )
 
     @classmethod
     def from_params(cls, network: VAR, sampling_params: dict, tokenizer: VQTokenizer) -> "VARGenerator":
         return cls(network, tokenizer, **sampling_params)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
 
     def _forward(self, state: VARState, si: int, x_new: Tensor) -> VARState:
         """Run scale si's embedded input (2B, pn^2, C); logits and features of that scale."""
