@@ -1,0 +1,58 @@
+"""A policy network and a generator's action map as a rollout policy, deterministic or exploring.
+
+Deterministic (evaluation): u = policy(features, k). Exploring (PPO collection): u ~ N(policy(features, k),
+std^2 I) in the network's output space (METHOD.md 1.2), with u and its log-probability recorded per decision.
+The smoothing state is reset at k = 0, so one object serves every rollout in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from adagen.policy.actions import ActionMap
+from adagen.policy.network import PolicyNet
+
+
+def gaussian_log_prob(u_BA: Tensor, mean_BA: Tensor, std: float) -> Tensor:
+    """log N(u; mean, std^2 I), summed over the action dimensions: (B,)."""
+    variance = std**2
+    return (-((u_BA - mean_BA) ** 2) / (2 * variance) - 0.5 * torch.log(torch.tensor(2 * torch.pi * variance))).sum(-1)
+
+
+@dataclass
+class Transition:
+    """What PPO needs of one decision of a batch."""
+
+    features: Tensor  # (B, N, C)
+    k: int
+    u: Tensor  # (B, A) the sampled network-space action
+    log_prob: Tensor  # (B,)
+
+
+@dataclass
+class AdaptivePolicy:
+    network: PolicyNet
+    action_map: ActionMap
+    std: float | None = None  # None: deterministic mean actions
+    noise: torch.Generator | None = None  # exploration noise stream (CPU)
+    zero_state: bool = False  # learned-static ablation: the network sees zeros instead of features
+    transitions: list[Transition] = field(default_factory=list)
+    _previous: Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, features: Tensor, k: int) -> dict[str, Tensor]:
+        if k == 0:
+            self._previous, self.transitions = None, []
+        if self.zero_state:
+            features = torch.zeros_like(features)
+        k_B = torch.full((features.shape[0],), k, device=features.device)
+        mean = self.network(features, k_B)
+        u = mean
+        if self.std is not None:
+            u = mean + self.std * torch.randn(mean.shape, generator=self.noise).to(mean.device)
+            self.transitions.append(Transition(features, k, u, gaussian_log_prob(u, mean, self.std)))
+        self._previous, actions = self.action_map.apply(self._previous, u, k)
+        return actions
