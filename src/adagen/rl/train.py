@@ -1,0 +1,216 @@
+"""Joint training of the policy (PPO) and the discriminator that gives its reward (METHOD.md sections 3-4).
+
+One iteration: collect `trajectories` rollouts with the exploring policy and score their final images with the
+current discriminator (reward = sigmoid of its mean logit); normalise the rewards over the batch (every step of
+a trajectory has its terminal reward as return, gamma = 1); advantages against the critic's values before the
+update; `ppo_epochs` full-batch steps of clipped surrogate + value loss on policy and critic; then `d_steps`
+discriminator steps on fresh fakes of the updated exploring policy against real train images.
+
+Every random draw comes from streams held in the checkpoint, so a killed run resumes and ends exactly where an
+uninterrupted one does. A non-finite reward or loss stops with TrainingDiverged and keeps the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from adagen.generators.base import SampleRNG, StepwiseGenerator
+from adagen.io import load_checkpoint, save_checkpoint
+from adagen.policy.actions import ActionMap
+from adagen.policy.agent import AdaptivePolicy, gaussian_log_prob
+from adagen.policy.network import PolicyNet
+from adagen.pretrain import TrainingDiverged
+from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_loss
+from adagen.rl.ppo import exploration_std, normalize_returns, ppo_losses
+from adagen.rl.rollout import rollout
+
+Report = Callable[[dict, int], None]
+RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images in [0, 1], labels) -> (B,)
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    iterations: int
+    trajectories: int  # per iteration
+    rollout_batch: int
+    ppo_epochs: int
+    lr: float  # policy and critic (Adam)
+    clip: float
+    value_coef: float
+    std_initial: float
+    std_decay: float
+    std_decay_at: tuple[int, ...]
+    std_floor: float
+    d_steps: int  # discriminator steps per iteration
+    d_batch: int  # fakes (and as many reals) per discriminator step
+    d_lr: float
+    seed: int
+    checkpoint_every: int
+
+
+@dataclass
+class Batch:
+    features: Tensor  # (n, N, C) one row per transition
+    k: Tensor  # (n,)
+    u: Tensor  # (n, A)
+    log_prob: Tensor  # (n,)
+    returns: Tensor  # (n,) the normalised terminal reward of the transition's trajectory
+    rewards: Tensor  # (trajectories,) raw
+    actions: dict[str, Tensor]  # {name: (trajectories, T)} as applied
+
+
+def _labels(count: int, num_classes: int, stream: torch.Generator) -> Tensor:
+    return torch.randint(0, num_classes, (count,), generator=stream)
+
+
+def collect(generator: StepwiseGenerator, agent: AdaptivePolicy, reward_fn: RewardFn, *, count: int, batch: int,
+            num_classes: int, labels_stream: torch.Generator, first_seed: int) -> Batch:
+    """`count` exploring rollouts in batches, with their rewards; sample i uses noise seed first_seed + i."""
+    parts, rewards, actions = [], [], []
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
+        labels = _labels(size, num_classes, labels_stream)
+        result = rollout(generator, labels, SampleRNG(range(first_seed + start, first_seed + start + size)), agent)
+        rewards.append(reward_fn(result.images, labels))
+        actions.append(result.actions)
+        parts.extend(agent.transitions)
+    rewards_all = torch.cat(rewards)
+    steps = generator.num_steps
+    # Transitions were appended round by round, step by step: regroup them as (round, step) -> rows.
+    returns_per_trajectory = normalize_returns(rewards_all)
+    features, ks, us, log_probs, returns = [], [], [], [], []
+    offset = 0
+    for round_index in range(len(rewards)):
+        round_parts = parts[round_index * steps : (round_index + 1) * steps]
+        size = round_parts[0].u.shape[0]
+        for transition in round_parts:
+            features.append(transition.features)
+            ks.append(torch.full((size,), transition.k))
+            us.append(transition.u)
+            log_probs.append(transition.log_prob)
+            returns.append(returns_per_trajectory[offset : offset + size])
+        offset += size
+    return Batch(torch.cat(features), torch.cat(ks), torch.cat(us), torch.cat(log_probs), torch.cat(returns),
+                 rewards_all, {name: torch.cat([a[name] for a in actions]) for name in actions[0]})
+
+
+def _check_finite(name: str, value: Tensor, iteration: int, checkpoint: Path) -> None:
+    if not torch.isfinite(value).all():
+        raise TrainingDiverged(f"{name} is not finite at iteration {iteration}; "
+                               f"last good checkpoint kept at {checkpoint}")
+
+
+def train_adagen(
+    generator: StepwiseGenerator,
+    action_map: ActionMap,
+    policy: PolicyNet,
+    critic: PolicyNet,
+    discriminator: ProjectedDiscriminator,
+    real_images: np.ndarray,
+    real_labels: np.ndarray,
+    settings: PPOSettings,
+    *,
+    checkpoint_path: str | Path,
+    fingerprint: str,
+    zero_state: bool = False,
+    reward_fn: RewardFn | None = None,
+    report: Report | None = None,
+) -> dict:
+    """Train policy, critic and discriminator in place; returns a summary with the reward curve.
+
+    `zero_state` is the learned-static ablation (the policy sees zeros); `reward_fn` replaces the
+    discriminator's reward (fixed-reward ablation; the discriminator then trains but is not used).
+    """
+    s = settings
+    num_classes = discriminator.config.num_classes
+    reals = torch.from_numpy(real_images).float() / 255.0
+    real_targets = torch.from_numpy(real_labels).long()
+    optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()), lr=s.lr)
+    d_params = [p for p in discriminator.parameters() if p.requires_grad]
+    d_optimizer = torch.optim.Adam(d_params, lr=s.d_lr, betas=(0.5, 0.999))
+    noise, labels_stream = torch.Generator().manual_seed(s.seed), torch.Generator().manual_seed(s.seed + 1)
+    start, history = 0, []
+    checkpoint_path = Path(checkpoint_path)
+    if checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        if state.get("fingerprint") == fingerprint:
+            for module, key in ((policy, "policy"), (critic, "critic"), (discriminator, "discriminator")):
+                module.load_state_dict(state[key])
+            optimizer.load_state_dict(state["optimizer"])
+            d_optimizer.load_state_dict(state["d_optimizer"])
+            noise.set_state(state["noise"])
+            labels_stream.set_state(state["labels_stream"])
+            start, history = state["iteration"], state["history"]
+    reward_fn = reward_fn or discriminator.reward
+    started = time.perf_counter()
+    for iteration in tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc="adagen"):
+        std = exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
+                              floor=s.std_floor)
+        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state)
+        seed_base = s.seed * 1_000_003 + iteration * 2 * (s.trajectories + s.d_steps * s.d_batch)
+        batch = collect(generator, agent, reward_fn, count=s.trajectories, batch=s.rollout_batch,
+                        num_classes=num_classes, labels_stream=labels_stream, first_seed=seed_base)
+        _check_finite("reward", batch.rewards, iteration, checkpoint_path)
+
+        # PPO: full-batch steps on every transition of the iteration.
+        policy.train(), critic.train()
+        inputs = torch.zeros_like(batch.features) if zero_state else batch.features
+        with torch.no_grad():
+            advantages = batch.returns - critic(batch.features, batch.k).squeeze(-1)
+        for _ in range(s.ppo_epochs):
+            new_log_prob = gaussian_log_prob(batch.u, policy(inputs, batch.k), std)
+            losses = ppo_losses(new_log_prob, batch.log_prob, advantages, critic(batch.features, batch.k).squeeze(-1),
+                                batch.returns, clip=s.clip, value_coef=s.value_coef)
+            _check_finite("PPO loss", losses["loss"], iteration, checkpoint_path)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+
+        # Discriminator: fresh fakes of the updated exploring policy against real images.
+        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state)
+        discriminator.train()
+        d_metrics = []
+        for step in range(s.d_steps):
+            fake_labels = _labels(s.d_batch, num_classes, labels_stream)
+            first = seed_base + s.trajectories + step * s.d_batch
+            fakes = rollout(generator, fake_labels, SampleRNG(range(first, first + s.d_batch)), agent).images
+            index = torch.randint(0, len(reals), (s.d_batch,), generator=labels_stream)
+            d_losses = discriminator_loss(discriminator(reals[index], real_targets[index]),
+                                          discriminator(fakes, fake_labels))
+            _check_finite("discriminator loss", d_losses["loss"], iteration, checkpoint_path)
+            d_optimizer.zero_grad(set_to_none=True)
+            d_losses["loss"].backward()
+            d_optimizer.step()
+            d_metrics.append({key: value.item() for key, value in d_losses.items()})
+
+        metrics = {
+            "reward": batch.rewards.mean().item(), "reward_std": batch.rewards.std().item(), "std": std,
+            **{f"ppo/{key}": value.item() for key, value in losses.items()},
+            **{f"d/{key}": float(np.mean([m[key] for m in d_metrics])) for key in d_metrics[0]},
+        }
+        for name, values in batch.actions.items():  # the learned schedule: per-step mean and per-sample spread
+            for k in range(values.shape[1]):
+                metrics[f"actions/{name}/mean_{k}"] = values[:, k].mean().item()
+                metrics[f"actions/{name}/spread_{k}"] = values[:, k].std().item()
+        history.append({key: metrics[key] for key in ("reward", "d/loss", "ppo/clip_fraction", "ppo/approx_kl")})
+        if report is not None:
+            report(metrics, iteration + 1)
+        if (iteration + 1) % s.checkpoint_every == 0 and iteration + 1 < s.iterations:
+            save_checkpoint(checkpoint_path, {
+                "fingerprint": fingerprint, "iteration": iteration + 1, "history": history,
+                "policy": policy.state_dict(), "critic": critic.state_dict(),
+                "discriminator": discriminator.state_dict(), "optimizer": optimizer.state_dict(),
+                "d_optimizer": d_optimizer.state_dict(), "noise": noise.get_state(),
+                "labels_stream": labels_stream.get_state(),
+            })
+    policy.eval(), critic.eval(), discriminator.eval()
+    return {"iterations": s.iterations, "resumed_from_iteration": start or None, "history": history,
+            "train_seconds_this_run": time.perf_counter() - started}

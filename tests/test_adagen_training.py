@@ -1,0 +1,112 @@
+"""Joint PPO + discriminator training at smoke size: it runs, resumes exactly, and stops cleanly on NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from adagen.policy.actions import ActionMap
+from adagen.policy.network import build_policy
+from adagen.pretrain import TrainingDiverged
+from adagen.reward.discriminator import DiscriminatorConfig, ProjectedDiscriminator, discriminator_loss
+from adagen.rl.train import PPOSettings, train_adagen
+from test_generators import NUM_CLASSES, make_generator
+
+SETTINGS = PPOSettings(iterations=4, trajectories=6, rollout_batch=3, ppo_epochs=2, lr=1e-3, clip=0.2,
+                       value_coef=0.5, std_initial=0.6, std_decay=0.3, std_decay_at=(2,), std_floor=0.1, d_steps=1,
+                       d_batch=4, d_lr=1e-3, seed=0, checkpoint_every=2)
+POLICY = {"hidden_size": 16, "conv_channels": 4, "mlp_sizes": [16, 8]}
+
+
+def tiny_discriminator() -> ProjectedDiscriminator:
+    torch.manual_seed(0)
+    backbone = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=NUM_CLASSES, embed_dim=16,
+                                 depth=2, num_heads=2, mlp_ratio=2.0)
+    config = DiscriminatorConfig(num_classes=NUM_CLASSES, block_indices=(1,), cond_dim=16, projection_dim=8,
+                                 virtual_batch=2, image_size=16, mean=(0.5,), std=(0.5,))
+    return ProjectedDiscriminator(backbone, config)
+
+
+def setup(paradigm: str = "dit"):
+    generator = make_generator(paradigm)
+    torch.manual_seed(1)
+    policy = build_policy(POLICY, feature_dim=generator.feature_dim, grid=generator.feature_grid,
+                          num_outputs=len(generator.action_specs))
+    critic = build_policy(POLICY, feature_dim=generator.feature_dim, grid=generator.feature_grid, num_outputs=1)
+    reals = np.random.default_rng(0).integers(0, 256, (20, 1, 16, 16), dtype=np.uint8)
+    return generator, ActionMap(generator, 0.4), policy, critic, tiny_discriminator(), reals, np.arange(20) % 4
+
+
+def state_of(*modules) -> list[torch.Tensor]:
+    return [value.clone() for module in modules for value in module.state_dict().values()]
+
+
+def test_discriminator_logits_loss_and_reward_shapes():
+    discriminator = tiny_discriminator()
+    images, labels = torch.rand(5, 1, 16, 16), torch.tensor([0, 1, 2, 3, 0])
+    logits = discriminator(images, labels)
+    assert logits.shape == (5, 2 * 16)  # two feature maps (patch embedding, block 1) of 4x4 tokens
+    reward = discriminator.reward(images, labels)
+    assert reward.shape == (5,) and ((reward > 0) & (reward < 1)).all()
+    losses = discriminator_loss(logits, logits)
+    assert losses["loss"].item() == pytest.approx(losses["loss_real"].item() + losses["loss_fake"].item())
+    losses["loss"].backward()
+    assert all(p.grad is None for p in discriminator.backbone.parameters())  # the backbone stays frozen
+
+
+@pytest.mark.parametrize("paradigm", ["maskgit", "var", "dit", "sit"])
+def test_training_moves_the_policy_and_the_discriminator(paradigm, tmp_path):
+    generator, action_map, policy, critic, discriminator, reals, labels = setup(paradigm)
+    action_map = ActionMap(generator, 0.0)
+    before = state_of(policy, discriminator)
+    summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                           checkpoint_path=tmp_path / "state.pt", fingerprint="x")
+    assert len(summary["history"]) == SETTINGS.iterations
+    assert all(0 < entry["reward"] < 1 for entry in summary["history"])
+    after = state_of(policy, discriminator)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert policy.linear3.weight.abs().sum() > 0  # the zero-initialised head has learned something
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()
+    train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                 checkpoint_path=tmp_path / "whole.pt", fingerprint="x")
+    uninterrupted = state_of(policy, critic, discriminator)
+
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()
+    calls = []
+
+    def killed_in_iteration_3(images, labels):  # 2 reward calls per iteration; the 5th is in iteration 3
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return discriminator.reward(images, labels)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                     checkpoint_path=tmp_path / "killed.pt", fingerprint="x", reward_fn=killed_in_iteration_3)
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()  # a fresh process
+    summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                           checkpoint_path=tmp_path / "killed.pt", fingerprint="x")
+    assert summary["resumed_from_iteration"] == 2
+    for a, b in zip(uninterrupted, state_of(policy, critic, discriminator)):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_nan_reward_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()
+    calls = []
+
+    def reward(images, labels):
+        calls.append(1)
+        value = torch.full((images.shape[0],), 0.5)
+        return value if len(calls) <= 4 else value * float("nan")  # 2 rounds per iteration: NaN in iteration 3
+
+    checkpoint = tmp_path / "state.pt"
+    with pytest.raises(TrainingDiverged, match="reward is not finite at iteration 2"):
+        train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                     checkpoint_path=checkpoint, fingerprint="x", reward_fn=reward)
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 2
