@@ -2,10 +2,13 @@
 #   snakemake --cores all all                                  embedded default (params/default.yaml)
 #   snakemake --configfile params/smoke.yaml --cores all all   another params set
 #   snakemake --profile slurm all                              on a SLURM cluster (workflow/profiles/slurm)
+#   snakemake --cores all adaptive                             AdaGen policies of every paradigm, evaluated
+#   snakemake --cores all ablations                            the learned-static ablation
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/generators.smk"
+include: "workflow/rules/adagen.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -14,3 +17,13 @@ rule all:
         str(PATHS.summary_csv),
         str(PATHS.summary_md),
     default_target: True
+
+
+rule adaptive:
+    input:
+        expand(str(PATHS.metrics("{paradigm}", "adaptive")), paradigm=config["paradigms"]),
+
+
+rule ablations:
+    input:
+        expand(str(PATHS.metrics("{paradigm}", "learned-static")), paradigm=config["paradigms"]),

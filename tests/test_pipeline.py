@@ -190,3 +190,20 @@ def test_mlflow_ui_serves_the_runs(finished_smoke_run):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_the_adaptive_target_trains_a_policy_per_paradigm_and_evaluates_it(finished_smoke_run):
+    """`snakemake adaptive`: the reward backbone, then policy + discriminator per paradigm, sampled and evaluated."""
+    project, _ = finished_smoke_run
+    run(["snakemake", "--configfile", "params/smoke.yaml", "--cores", "2", "adaptive"], project)
+    results = project / "results" / "smoke"
+    backbone = json.loads((results / "reward" / "backbone.json").read_text())
+    assert 0 <= backbone["val_accuracy"] <= 1
+    for paradigm in PARADIGMS:
+        info = json.loads((results / paradigm / "policy" / "adaptive.json").read_text())
+        assert info["iterations"] == 2 and len(info["history"]) == 2
+        assert all(0 < entry["reward"] < 1 for entry in info["history"])
+        metrics = json.loads((results / paradigm / "metrics" / "adaptive.json").read_text())
+        static = json.loads((results / paradigm / "metrics" / "static.json").read_text())
+        assert metrics["variant"] == "adaptive" and metrics["nfe"] == static["nfe"]  # equal NFE
+        assert not (results / paradigm / "policy" / "training-state-adaptive.pt").exists()

@@ -107,6 +107,28 @@ def pretrain(params_path: Path, paradigm: str, dry_run: bool) -> None:
                lambda params, paths, run: stages.pretrain(params, paths, run, paradigm), paradigm=paradigm)
 
 
+@main.command("train-reward-backbone")
+@params_option
+@dry_run_option
+def train_reward_backbone(params_path: Path, dry_run: bool) -> None:
+    """Train the discriminator's frozen feature network (a tiny ViT classifier) on the train split."""
+    _run_stage("train-reward-backbone", params_path, dry_run, lambda p: [p.reward_backbone, p.reward_backbone_info],
+               stages.train_reward_backbone)
+
+
+@main.command("train")
+@params_option
+@paradigm_option
+@click.option("--variant", default="adaptive", type=click.Choice(stages.POLICY_VARIANTS),
+              help="adaptive: the AdaGen policy; learned-static: the same training with the state zeroed.")
+@dry_run_option
+def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
+    """AdaGen: train the policy with PPO against a discriminator trained jointly (resumes if interrupted)."""
+    _run_stage("train", params_path, dry_run, lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)],
+               lambda params, paths, run: stages.train_policy(params, paths, run, paradigm, variant),
+               paradigm=paradigm, variant=variant)
+
+
 @main.command("sample")
 @params_option
 @paradigm_option

@@ -74,6 +74,17 @@ def _cross_key_problems(params: dict) -> list[str]:
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
+    adagen = params["adagen"]
+    for paradigm in params["paradigms"]:
+        if paradigm not in adagen["smoothing"]:
+            problems.append(f"adagen.smoothing.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
+    backbone = adagen["reward_backbone"]["network"]
+    if max(adagen["discriminator"]["block_indices"]) >= backbone["depth"]:
+        problems.append(f"adagen.discriminator.block_indices: the backbone has {backbone['depth']} blocks")
+    if backbone["embed_dim"] % backbone["num_heads"]:
+        problems.append("adagen.reward_backbone.network.num_heads: must divide embed_dim")
+    if data["resolution"] % backbone["patch_size"]:
+        problems.append("adagen.reward_backbone.network.patch_size: must divide data.resolution")
     for paradigm in ("maskgit", "var"):
         section = params["generators"].get(paradigm)
         if section:
@@ -190,6 +201,28 @@ class Paths:
 
     def tokenizer_checkpoint(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "tokenizer" / "training-state.pt"
+
+    @property
+    def reward_backbone(self) -> Path:
+        return self.results_dir / "reward" / "backbone.pt"
+
+    @property
+    def reward_backbone_info(self) -> Path:
+        return self.results_dir / "reward" / "backbone.json"
+
+    @property
+    def reward_backbone_checkpoint(self) -> Path:
+        return self.results_dir / "reward" / "training-state.pt"
+
+    def policy(self, paradigm: str, variant: str) -> Path:
+        """Policy, critic and discriminator of a trained variant (adaptive, learned-static)."""
+        return self.results_dir / paradigm / "policy" / f"{variant}.pt"
+
+    def policy_info(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / "policy" / f"{variant}.json"
+
+    def policy_checkpoint(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / "policy" / f"training-state-{variant}.pt"
 
     def generator(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "generator" / "model.pt"

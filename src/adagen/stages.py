@@ -24,11 +24,18 @@ from adagen.io import (
     atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
 )
 from adagen.metrics import compute_reference, evaluate_images, sanity_figures, save_classifier, train_classifier
+from adagen.policy.actions import ActionMap
+from adagen.policy.agent import AdaptivePolicy
+from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
+from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, accuracy, backbone_config, classification_loss, load_backbone
+from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
+from adagen.rl.train import PPOSettings, train_adagen
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
 
-VARIANTS = ("static",)  # sampling variants of every paradigm; the policy variants come with AdaGen training
+VARIANTS = ("static", "adaptive", "learned-static")  # sampling variants; `variants` in params picks the reported ones
+POLICY_VARIANTS = ("adaptive", "learned-static")  # those that sample with a trained policy
 SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall", "n_samples", "seconds")
 
 
@@ -161,11 +168,80 @@ def load_generator(params: dict, paths: Paths, paradigm: str):
     return spec.make_generator(network, params["generators"][paradigm]["sampling"], **token_args)
 
 
+def train_reward_backbone(params: dict, paths: Paths, run: StageRun) -> dict:
+    """The discriminator's frozen features: a tiny timm ViT trained as a classifier on the train split."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    section = params["adagen"]["reward_backbone"]
+    config = backbone_config(section["network"], resolution=dataset.resolution, channels=dataset.channels,
+                             num_classes=dataset.num_classes)
+    torch.manual_seed(section["train"]["seed"])
+    dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
+    ema, summary = _train(VisionTransformer(**config), classification_loss, dataset, section["train"],
+                          params_hash({"data": dataset_hash, **section}), paths.reward_backbone_checkpoint, run)
+    save_checkpoint(paths.reward_backbone, {"config": config, "state_dict": ema.state_dict()})
+    info = {**summary, "val_accuracy": accuracy(ema, dataset.val_images, dataset.val_labels),
+            "parameters": sum(p.numel() for p in ema.parameters()), "seconds": time.perf_counter() - started}
+    save_json(paths.reward_backbone_info, info)
+    run.log_metrics({"val_accuracy": info["val_accuracy"]})
+    return info
+
+
+def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
+    """AdaGen: policy, critic and discriminator trained jointly on the frozen generator (rl/train.py)."""
+    if variant not in POLICY_VARIANTS:
+        raise ValueError(f"variant {variant!r} has no policy to train (trainable: {', '.join(POLICY_VARIANTS)})")
+    started = time.perf_counter()
+    generator = load_generator(params, paths, paradigm)
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    backbone = load_backbone(load_checkpoint(require(paths.reward_backbone, "train-reward-backbone")))
+    adagen = params["adagen"]
+    torch.manual_seed(adagen["ppo"]["seed"])  # initial weights of the discriminator heads, policy and critic
+    discriminator = ProjectedDiscriminator(backbone, discriminator_config(
+        adagen["discriminator"], num_classes=dataset.num_classes, resolution=dataset.resolution,
+        mean=(UNIT_MEAN,), std=(UNIT_STD,)))
+    sizes = dict(feature_dim=generator.feature_dim, grid=generator.feature_grid)
+    policy = build_policy(adagen["policy"], **sizes, num_outputs=len(generator.action_specs))
+    critic = build_policy(adagen["policy"], **sizes, num_outputs=1)
+    smoothing = adagen["smoothing"][paradigm]
+    fingerprint = params_hash({"generator": sha256_of_file(paths.generator(paradigm)), "variant": variant,
+                               "backbone": sha256_of_file(paths.reward_backbone), **adagen})
+    settings = PPOSettings(**dict(adagen["ppo"], std_decay_at=tuple(adagen["ppo"]["std_decay_at"])))
+    summary = train_adagen(generator, ActionMap(generator, smoothing), policy, critic, discriminator,
+                           dataset.train_images, dataset.train_labels, settings,
+                           checkpoint_path=paths.policy_checkpoint(paradigm, variant), fingerprint=fingerprint,
+                           zero_state=variant == "learned-static", report=run.log_metrics)
+    heads = {key: value for key, value in discriminator.state_dict().items() if not key.startswith("backbone.")}
+    save_checkpoint(paths.policy(paradigm, variant), {
+        "variant": variant, "smoothing": smoothing, "discriminator": heads,
+        "policy": {"config": asdict(policy.config), "state_dict": policy.state_dict()},
+        "critic": {"config": asdict(critic.config), "state_dict": critic.state_dict()},
+    })
+    paths.policy_checkpoint(paradigm, variant).unlink(missing_ok=True)
+    info = {**summary, "seconds": time.perf_counter() - started}
+    save_json(paths.policy_info(paradigm, variant), info)
+    run.log_artifact(paths.policy_info(paradigm, variant))
+    return info
+
+
+def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator):
+    """None for the static schedule; the trained policy's deterministic actions otherwise."""
+    if variant not in POLICY_VARIANTS:
+        return None
+    saved = load_checkpoint(require(paths.policy(paradigm, variant), f"train --paradigm {paradigm} --variant {variant}"))
+    return AdaptivePolicy(load_policy(saved["policy"]), ActionMap(generator, saved["smoothing"]),
+                          zero_state=variant == "learned-static")
+
+
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
     generator = load_generator(params, paths, paradigm)  # all sampling noise comes from per-sample seeds
+    policy = load_sampling_policy(paths, paradigm, variant, generator)
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
     labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
-    result = sample_images(generator, labels, seed=params["sample"]["seed"], batch_size=params["sample"]["batch_size"])
+    result = sample_images(generator, labels, seed=params["sample"]["seed"], batch_size=params["sample"]["batch_size"],
+                           policy=policy)
     save_npz(paths.samples(paradigm, variant), images=result["images"], labels=result["labels"],
              nfe=np.int64(result["nfe"]), forwards=np.int64(result["forwards"]), seconds=np.float64(result["seconds"]))
     save_grid(paths.grid(paradigm, variant), result["images"], result["labels"])
@@ -201,7 +277,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     """summary.csv and summary.md: one row per paradigm and variant, the sanity figures and stage times."""
     rows = []
     for paradigm in params["paradigms"]:
-        for variant in VARIANTS:
+        for variant in params["variants"]:
             metrics = load_json(require(paths.metrics(paradigm, variant), f"evaluate --paradigm {paradigm}"))
             rows.append({column: metrics.get(column, "") for column in SUMMARY_COLUMNS})
     buffer = text_io.StringIO()
@@ -224,7 +300,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
         lines.append(f"| {stage} | {seconds:.1f} |")
     lines += ["", "## Samples", ""]
     for paradigm in params["paradigms"]:
-        for variant in VARIANTS:
+        for variant in params["variants"]:
             grid = paths.grid(paradigm, variant).relative_to(paths.results_dir)
             lines.append(f"**{paradigm} / {variant}**\n\n![{paradigm} {variant}]({grid})\n")
     with atomic_path(paths.summary_md) as tmp:
@@ -241,11 +317,15 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
         "train-evaluator": load_json(paths.evaluator_info)["seconds"],
         "refstats": load_json(paths.refstats_info)["seconds"],
     }
+    if any(variant in POLICY_VARIANTS for variant in params["variants"]):
+        times["train-reward-backbone"] = load_json(paths.reward_backbone_info)["seconds"]
     for paradigm in params["paradigms"]:
         if PARADIGMS[paradigm].uses_tokenizer:
             times[f"train-tokenizer {paradigm}"] = load_json(paths.tokenizer_info(paradigm))["seconds"]
         times[f"pretrain {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
-        for variant in VARIANTS:
+        for variant in params["variants"]:
+            if variant in POLICY_VARIANTS:
+                times[f"train {paradigm} {variant}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
             metrics = load_json(paths.metrics(paradigm, variant))
             times[f"sample {paradigm} {variant}"] = metrics["seconds"]
             times[f"evaluate {paradigm} {variant}"] = metrics["evaluate_seconds"]

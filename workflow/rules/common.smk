@@ -6,7 +6,7 @@ from snakemake.utils import min_version, validate
 
 from adagen.config import Paths, validate_params
 from adagen.generators import PARADIGMS
-from adagen.stages import VARIANTS
+from adagen.stages import POLICY_VARIANTS, VARIANTS
 
 min_version("9.0")
 

@@ -43,10 +43,18 @@ rule pretrain:
         "adagen pretrain --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
 
 
+def policy_of(wildcards):
+    """The trained policy a variant samples with (none for the static schedule)."""
+    if wildcards.variant in POLICY_VARIANTS:
+        return [str(PATHS.policy(wildcards.paradigm, wildcards.variant))]
+    return []
+
+
 rule sample:
     input:
         model=str(PATHS.generator("{paradigm}")),
         tokenizer=tokenizer_of,
+        policy=policy_of,
         info=str(PATHS.dataset_info),
     output:
         samples=str(PATHS.samples("{paradigm}", "{variant}")),

@@ -3,8 +3,12 @@
 
 rule report:
     input:
-        metrics=expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
-        grids=expand(str(PATHS.grid("{paradigm}", "{variant}")), paradigm=config["paradigms"], variant=VARIANTS),
+        metrics=expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+                       variant=config["variants"]),
+        grids=expand(str(PATHS.grid("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+                     variant=config["variants"]),
+        policies=expand(str(PATHS.policy_info("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+                        variant=[v for v in config["variants"] if v in POLICY_VARIANTS]),
         models=expand(str(PATHS.generator_info("{paradigm}")), paradigm=config["paradigms"]),
         tokenizers=expand(str(PATHS.tokenizer_info("{paradigm}")),
                           paradigm=[p for p in config["paradigms"] if p in TOKEN_PARADIGMS]),

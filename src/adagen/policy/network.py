@@ -91,3 +91,11 @@ class PolicyNet(nn.Module):
 def build_policy(policy_params: dict, *, feature_dim: int, grid: tuple[int, int], num_outputs: int) -> PolicyNet:
     return PolicyNet(PolicyConfig(feature_dim=feature_dim, grid=tuple(grid), num_outputs=num_outputs,
                                   **{k: tuple(v) if isinstance(v, list) else v for k, v in policy_params.items()}))
+
+
+def load_policy(entry: dict) -> PolicyNet:
+    """A network saved as {"config": asdict(PolicyConfig), "state_dict": ...}, in eval mode."""
+    config = {key: tuple(value) if isinstance(value, list) else value for key, value in entry["config"].items()}
+    network = PolicyNet(PolicyConfig(**config))
+    network.load_state_dict(entry["state_dict"])
+    return network.eval()

@@ -149,3 +149,12 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Te
     """Non-saturating logistic loss over every token logit: softplus(-D(real)) + softplus(D(fake))."""
     real, fake = F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
     return {"loss": real + fake, "loss_real": real, "loss_fake": fake}
+
+
+def discriminator_config(section: dict, *, num_classes: int, resolution: int, mean: tuple[float, ...],
+                         std: tuple[float, ...]) -> DiscriminatorConfig:
+    """The config of a params section (`adagen.discriminator`) for a backbone that sees `resolution` pixels."""
+    return DiscriminatorConfig(num_classes=num_classes, block_indices=tuple(section["block_indices"]),
+                               cond_dim=section["cond_dim"], mapping_layers=section["mapping_layers"],
+                               projection_dim=section["projection_dim"], virtual_batch=section["virtual_batch"],
+                               image_size=resolution, mean=tuple(mean), std=tuple(std))

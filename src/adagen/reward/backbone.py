@@ -1,0 +1,48 @@
+"""The frozen feature network of the discriminator.
+
+Full size: DINO ViT-S/16 (timm `vit_small_patch16_224.dino`) from a local weights file. Embedded default: a
+tiny timm ViT with the same structure, trained here as a classifier on the train split (the
+`train-reward-backbone` stage, through the generators' training loop). It is a different network from the
+evaluation classifier, so the reward is never the metric.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+UNIT_MEAN, UNIT_STD = 0.5, 0.5  # the embedded backbone sees (x - 0.5) / 0.5 of images in [0, 1]
+
+
+def backbone_config(network_params: dict, *, resolution: int, channels: int, num_classes: int) -> dict:
+    """timm VisionTransformer arguments of the embedded backbone (`adagen.reward_backbone.network`)."""
+    return dict(network_params, img_size=resolution, in_chans=channels, num_classes=num_classes)
+
+
+def classification_loss(backbone: VisionTransformer, images_BCHW: Tensor, labels_B: Tensor,
+                        generator: torch.Generator, *, label_smoothing: float = 0.1, max_shift: int = 1) -> Tensor:
+    """Cross-entropy on randomly shifted images (a little augmentation keeps the features general)."""
+    dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=generator))
+    shifted = torch.roll(images_BCHW, shifts=(dy, dx), dims=(2, 3))
+    logits = backbone((shifted - UNIT_MEAN) / UNIT_STD)
+    return F.cross_entropy(logits, labels_B, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def accuracy(backbone: VisionTransformer, images_uint8, labels, batch_size: int = 500) -> float:
+    backbone = backbone.eval()
+    correct = 0
+    for start in range(0, len(images_uint8), batch_size):
+        images = torch.from_numpy(images_uint8[start : start + batch_size]).float() / 255.0
+        predictions = backbone((images - UNIT_MEAN) / UNIT_STD).argmax(dim=1)
+        correct += (predictions == torch.from_numpy(labels[start : start + batch_size])).sum().item()
+    return correct / len(images_uint8)
+
+
+def load_backbone(checkpoint: dict) -> VisionTransformer:
+    """The backbone saved by the train-reward-backbone stage ({"config": timm arguments, "state_dict"}), frozen."""
+    backbone = VisionTransformer(**checkpoint["config"])
+    backbone.load_state_dict(checkpoint["state_dict"])
+    return backbone.eval().requires_grad_(False)

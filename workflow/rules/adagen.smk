@@ -1,0 +1,39 @@
+# AdaGen training: the reward's frozen backbone, then per paradigm the policy trained jointly with its
+# discriminator (variant adaptive; learned-static is the same training with the state zeroed).
+
+
+rule train_reward_backbone:
+    input:
+        dataset=str(PATHS.dataset),
+        info=str(PATHS.dataset_info),
+    output:
+        model=str(PATHS.reward_backbone),
+        info=str(PATHS.reward_backbone_info),
+    params:
+        section=config["adagen"]["reward_backbone"],
+    threads: training_threads()
+    log:
+        f"{LOGS}/train-reward-backbone.log",
+    shell:
+        "adagen train-reward-backbone --params {PARAMS_FILE} > {log} 2>&1"
+
+
+rule train:
+    input:
+        model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
+        backbone=str(PATHS.reward_backbone),
+        dataset=str(PATHS.dataset),
+    output:
+        policy=str(PATHS.policy("{paradigm}", "{variant}")),
+        info=str(PATHS.policy_info("{paradigm}", "{variant}")),
+    wildcard_constraints:
+        variant="|".join(POLICY_VARIANTS),
+    params:
+        adagen=config["adagen"],
+    threads: training_threads()
+    log:
+        f"{LOGS}/train-{{paradigm}}-{{variant}}.log",
+    shell:
+        "adagen train --params {PARAMS_FILE} --paradigm {wildcards.paradigm} --variant {wildcards.variant}"
+        " > {log} 2>&1"
