@@ -21,7 +21,8 @@ rule all:
 
 rule adaptive:
     input:
-        expand(str(PATHS.metrics("{paradigm}", "adaptive")), paradigm=config["paradigms"]),
+        expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+               variant=["static", "tuned-static", "adaptive"]),
 
 
 rule ablations:

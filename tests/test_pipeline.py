@@ -193,7 +193,8 @@ def test_mlflow_ui_serves_the_runs(finished_smoke_run):
 
 
 def test_the_adaptive_target_trains_a_policy_per_paradigm_and_evaluates_it(finished_smoke_run):
-    """`snakemake adaptive`: the reward backbone, then policy + discriminator per paradigm, sampled and evaluated."""
+    """`snakemake adaptive`: tuned-static search, reward backbone, then policy + discriminator per paradigm,
+    every variant sampled and evaluated at the same NFE."""
     project, _ = finished_smoke_run
     run(["snakemake", "--configfile", "params/smoke.yaml", "--cores", "2", "adaptive"], project)
     results = project / "results" / "smoke"
@@ -207,3 +208,8 @@ def test_the_adaptive_target_trains_a_policy_per_paradigm_and_evaluates_it(finis
         static = json.loads((results / paradigm / "metrics" / "static.json").read_text())
         assert metrics["variant"] == "adaptive" and metrics["nfe"] == static["nfe"]  # equal NFE
         assert not (results / paradigm / "policy" / "training-state-adaptive.pt").exists()
+        tuned = json.loads((results / paradigm / "policy" / "tuned-static.json").read_text())
+        assert len(tuned["grid"]) == 2 and tuned["chosen"] in tuned["grid"]
+        assert tuned["chosen"]["fid_train"] == min(row["fid_train"] for row in tuned["grid"])
+        tuned_metrics = json.loads((results / paradigm / "metrics" / "tuned-static.json").read_text())
+        assert tuned_metrics["settings"] == tuned["sampling"] and tuned_metrics["nfe"] == static["nfe"]

@@ -107,6 +107,17 @@ def pretrain(params_path: Path, paradigm: str, dry_run: bool) -> None:
                lambda params, paths, run: stages.pretrain(params, paths, run, paradigm), paradigm=paradigm)
 
 
+@main.command("tune-static")
+@params_option
+@paradigm_option
+@dry_run_option
+def tune_static(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """The tuned-static baseline: grid search over the sampling settings, judged against the train split."""
+    _run_stage("tune-static", params_path, dry_run, lambda p: [p.tuned_static(paradigm)],
+               lambda params, paths, run: stages.tune_static(params, paths, run, paradigm), paradigm=paradigm,
+               variant="tuned-static")
+
+
 @main.command("train-reward-backbone")
 @params_option
 @dry_run_option

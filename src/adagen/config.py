@@ -78,6 +78,12 @@ def _cross_key_problems(params: dict) -> list[str]:
     for paradigm in params["paradigms"]:
         if paradigm not in adagen["smoothing"]:
             problems.append(f"adagen.smoothing.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
+    for paradigm, grid in adagen["tuning"]["grids"].items():
+        sampling = params["generators"].get(paradigm, {}).get("sampling", {})
+        for key in grid:
+            if key not in sampling:
+                problems.append(f"adagen.tuning.grids.{paradigm}.{key}: not a sampling key of {paradigm} "
+                                f"({', '.join(sorted(sampling))})")
     backbone = adagen["reward_backbone"]["network"]
     if max(adagen["discriminator"]["block_indices"]) >= backbone["depth"]:
         problems.append(f"adagen.discriminator.block_indices: the backbone has {backbone['depth']} blocks")
@@ -213,6 +219,10 @@ class Paths:
     @property
     def reward_backbone_checkpoint(self) -> Path:
         return self.results_dir / "reward" / "training-state.pt"
+
+    def tuned_static(self, paradigm: str) -> Path:
+        """The tuned-static schedule: the chosen sampling settings and the whole grid with its FIDs."""
+        return self.results_dir / paradigm / "policy" / "tuned-static.json"
 
     def policy(self, paradigm: str, variant: str) -> Path:
         """Policy, critic and discriminator of a trained variant (adaptive, learned-static)."""

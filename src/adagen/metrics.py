@@ -554,6 +554,24 @@ def _against_reference(
     )
 
 
+def held_out_fid(
+    images: np.ndarray,
+    reference_images: np.ndarray,
+    evaluator_params: Mapping[str, Any],
+    metrics_params: Mapping[str, Any],
+    evaluator_path: str | os.PathLike | None,
+) -> float:
+    """FID against another reference (no cache): for choices such as the tuned-static schedule, which are
+    judged on the train split so that the val split stays untouched for the reported figures."""
+    _check_images("images", images)
+    _check_images("reference_images", reference_images)
+    settings = metric_settings(evaluator_params, metrics_params, evaluator_path,
+                               min(len(images), len(reference_images)))
+    result = torch_fidelity.calculate_metrics(input1=UInt8Images(images), input2=UInt8Images(reference_images),
+                                              fid=True, **settings)
+    return float(result[torch_fidelity.KEY_METRIC_FID])
+
+
 def sanity_figures(
     train_images: np.ndarray,
     val_images: np.ndarray,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import functools
 import io as text_io
+import itertools
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from adagen.config import Paths, params_hash
 from adagen.data import export_dataset, load_dataset
@@ -23,7 +25,9 @@ from adagen.generators.tokenizer import build_tokenizer, load_tokenizer, tokeniz
 from adagen.io import (
     atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
 )
-from adagen.metrics import compute_reference, evaluate_images, sanity_figures, save_classifier, train_classifier
+from adagen.metrics import (
+    compute_reference, evaluate_images, held_out_fid, sanity_figures, save_classifier, train_classifier,
+)
 from adagen.policy.actions import ActionMap
 from adagen.policy.agent import AdaptivePolicy
 from adagen.policy.network import build_policy, load_policy
@@ -34,7 +38,7 @@ from adagen.rl.train import PPOSettings, train_adagen
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
 
-VARIANTS = ("static", "adaptive", "learned-static")  # sampling variants; `variants` in params picks the reported ones
+VARIANTS = ("static", "tuned-static", "adaptive", "learned-static")  # sampling variants; `variants` in params picks the reported ones
 POLICY_VARIANTS = ("adaptive", "learned-static")  # those that sample with a trained policy
 SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall", "n_samples", "seconds")
 
@@ -160,12 +164,38 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     return info
 
 
-def load_generator(params: dict, paths: Paths, paradigm: str):
-    """The step-wise sampler of a pretrained generator with the params set's baseline schedule."""
+def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | None = None):
+    """The step-wise sampler of a pretrained generator, with the params set's baseline schedule or `sampling`."""
     spec = PARADIGMS[paradigm]
     network = spec.load_network(load_checkpoint(require(paths.generator(paradigm), f"pretrain --paradigm {paradigm}")))
     token_args = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
-    return spec.make_generator(network, params["generators"][paradigm]["sampling"], **token_args)
+    return spec.make_generator(network, sampling or params["generators"][paradigm]["sampling"], **token_args)
+
+
+def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """The tuned-static baseline: every cell of the params' grid over the sampling settings, judged by FID
+    against the train split on seeds of its own, so the val split and the reported seeds stay untouched."""
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    tuning, base = params["adagen"]["tuning"], params["generators"][paradigm]["sampling"]
+    grid = tuning["grids"].get(paradigm, {})
+    labels = class_balanced_labels(tuning["n_samples"], dataset.num_classes)
+    rows = []
+    for values in tqdm(list(itertools.product(*grid.values())), desc=f"tune-static {paradigm}"):
+        cell = dict(zip(grid, values))
+        generator = load_generator(params, paths, paradigm, sampling={**base, **cell})
+        images = sample_images(generator, labels, seed=tuning["seed"], batch_size=params["sample"]["batch_size"],
+                               progress=False)["images"]
+        fid = held_out_fid(images, dataset.train_images, params["evaluator"], params["metrics"],
+                           require(paths.evaluator, "train-evaluator"))
+        rows.append({**cell, "fid_train": fid})
+        run.log_metrics({"fid_train": fid}, len(rows))
+    chosen = min(rows, key=lambda row: row["fid_train"])
+    result = {"sampling": {**base, **{key: chosen[key] for key in grid}}, "chosen": chosen, "grid": rows,
+              "seconds": time.perf_counter() - started}
+    save_json(paths.tuned_static(paradigm), result)
+    run.log_artifact(paths.tuned_static(paradigm))
+    return result
 
 
 def train_reward_backbone(params: dict, paths: Paths, run: StageRun) -> dict:
@@ -235,8 +265,16 @@ def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator):
                           zero_state=variant == "learned-static")
 
 
+def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -> dict:
+    """The baseline settings a variant's generator is built with: the params' own, or the tuned ones."""
+    if variant == "tuned-static":
+        return load_json(require(paths.tuned_static(paradigm), f"tune-static --paradigm {paradigm}"))["sampling"]
+    return params["generators"][paradigm]["sampling"]
+
+
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
-    generator = load_generator(params, paths, paradigm)  # all sampling noise comes from per-sample seeds
+    """Class-balanced samples of one variant; every variant of a paradigm uses the same labels and noise seeds."""
+    generator = load_generator(params, paths, paradigm, sampling_settings(params, paths, paradigm, variant))  # all sampling noise comes from per-sample seeds
     policy = load_sampling_policy(paths, paradigm, variant, generator)
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
     labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
@@ -259,7 +297,7 @@ def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: 
     payload = {
         **scores, "paradigm": paradigm, "variant": variant, "nfe": int(samples["nfe"]),
         "forwards": int(samples["forwards"]), "seconds": float(samples["seconds"]),
-        "evaluate_seconds": time.perf_counter() - started, "settings": params["generators"][paradigm]["sampling"],
+        "evaluate_seconds": time.perf_counter() - started, "settings": sampling_settings(params, paths, paradigm, variant),
     }
     save_json(paths.metrics(paradigm, variant), payload)
     run.log_metrics({key: value for key, value in scores.items() if isinstance(value, (int, float))})
@@ -326,6 +364,8 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
         for variant in params["variants"]:
             if variant in POLICY_VARIANTS:
                 times[f"train {paradigm} {variant}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
+            if variant == "tuned-static":
+                times[f"tune-static {paradigm}"] = load_json(paths.tuned_static(paradigm))["seconds"]
             metrics = load_json(paths.metrics(paradigm, variant))
             times[f"sample {paradigm} {variant}"] = metrics["seconds"]
             times[f"evaluate {paradigm} {variant}"] = metrics["evaluate_seconds"]

@@ -107,7 +107,6 @@ def stage_run(
 
     uri = tracking_uri()
     lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else None
-    client = MlflowClient(tracking_uri=uri)
     tags = {
         "stage": stage,
         "params_set": set_name,
@@ -122,8 +121,11 @@ def stage_run(
     for name, path in (inputs or {}).items():
         if Path(path).is_file():
             tags[f"input.{name}.md5"] = file_md5(Path(path))
-    run = StageRun(client, "", lock_path)
+    run = StageRun(None, "", lock_path)
     with run._locked():
+        # Opening the store checks (and on first use creates) its tables: one process at a time, or two jobs
+        # starting together both try to create them.
+        client = run._client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(set_name)
         if experiment is None:
             artifacts = Path(ARTIFACT_DIR).resolve().as_uri() if lock_path else None

@@ -1,5 +1,22 @@
-# AdaGen training: the reward's frozen backbone, then per paradigm the policy trained jointly with its
+# AdaGen training: the tuned-static baseline, the reward's frozen backbone, then per paradigm the policy trained jointly with its
 # discriminator (variant adaptive; learned-static is the same training with the state zeroed).
+
+
+rule tune_static:
+    input:
+        model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
+        dataset=str(PATHS.dataset),
+        evaluator=str(PATHS.evaluator),
+    output:
+        str(PATHS.tuned_static("{paradigm}")),
+    params:
+        tuning=config["adagen"]["tuning"],
+        sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],
+    log:
+        f"{LOGS}/tune-static-{{paradigm}}.log",
+    shell:
+        "adagen tune-static --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
 
 
 rule train_reward_backbone:

@@ -43,10 +43,12 @@ rule pretrain:
         "adagen pretrain --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
 
 
-def policy_of(wildcards):
-    """The trained policy a variant samples with (none for the static schedule)."""
+def schedule_of(wildcards):
+    """What a variant samples with beyond the generator: its trained policy or its tuned settings."""
     if wildcards.variant in POLICY_VARIANTS:
         return [str(PATHS.policy(wildcards.paradigm, wildcards.variant))]
+    if wildcards.variant == "tuned-static":
+        return [str(PATHS.tuned_static(wildcards.paradigm))]
     return []
 
 
@@ -54,7 +56,7 @@ rule sample:
     input:
         model=str(PATHS.generator("{paradigm}")),
         tokenizer=tokenizer_of,
-        policy=policy_of,
+        schedule=schedule_of,
         info=str(PATHS.dataset_info),
     output:
         samples=str(PATHS.samples("{paradigm}", "{variant}")),
