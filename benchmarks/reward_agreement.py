@@ -1,0 +1,88 @@
+"""Does the adversarial reward rank schedules as FID does? The check to pass before training a policy.
+
+For one paradigm, takes the tuned-static grid of a finished `snakemake adaptive` run (every cell's FID against
+the train split is in `results/<set>/<paradigm>/policy/tuned-static.json`), samples every cell again, trains a
+fresh discriminator on the reward backbone against all cells' samples mixed (as the policy's discriminator sees a
+spread of schedules), then scores fresh samples of each cell by mean reward. Prints the table and the Spearman
+rank correlation between mean reward and -FID (1: the reward orders the schedules exactly as FID does).
+
+    python benchmarks/reward_agreement.py --params params/default.yaml --paradigm dit
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from adagen.config import Paths, load_params
+from adagen.data import load_dataset
+from adagen.io import load_checkpoint, load_json
+from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
+from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config, discriminator_loss
+from adagen.sampling import class_balanced_labels, sample_images
+from adagen.stages import load_generator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--paradigm", required=True)
+    parser.add_argument("--samples", type=int, default=300, help="samples per grid cell (training and scoring each)")
+    parser.add_argument("--steps", type=int, default=300, help="discriminator steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2_000_000)
+    args = parser.parse_args()
+
+    params, paths = load_params(args.params), Paths.for_params_file(args.params)
+    dataset = load_dataset(paths.dataset)
+    grid = load_json(paths.tuned_static(args.paradigm))["grid"]
+    base = params["generators"][args.paradigm]["sampling"]
+    labels = class_balanced_labels(args.samples, dataset.num_classes)
+    fakes = {"train": [], "score": []}
+    for index, cell in enumerate(tqdm(grid, desc="sampling the grid")):
+        settings = {**base, **{key: value for key, value in cell.items() if key != "fid_train"}}
+        generator = load_generator(params, paths, args.paradigm, sampling=settings)
+        for part, offset in (("train", 0), ("score", 1)):
+            seed = args.seed + (2 * index + offset) * args.samples
+            fakes[part].append(sample_images(generator, labels, seed=seed, batch_size=250, progress=False)["images"])
+
+    torch.manual_seed(0)
+    backbone = load_backbone(load_checkpoint(paths.reward_backbone))
+    discriminator = ProjectedDiscriminator(backbone, discriminator_config(
+        params["adagen"]["discriminator"], num_classes=dataset.num_classes, resolution=dataset.resolution,
+        mean=(UNIT_MEAN,), std=(UNIT_STD,)))
+    optimizer = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=1e-4,
+                                 betas=(0.5, 0.999))
+    fake_images = torch.from_numpy(np.concatenate(fakes["train"])).float() / 255.0
+    fake_labels = torch.from_numpy(np.tile(labels, len(grid)))
+    reals = torch.from_numpy(dataset.train_images).float() / 255.0
+    real_labels = torch.from_numpy(dataset.train_labels).long()
+    stream = torch.Generator().manual_seed(0)
+    discriminator.train()
+    for _ in tqdm(range(args.steps), desc="discriminator"):
+        fake_index = torch.randint(0, len(fake_images), (args.batch,), generator=stream)
+        real_index = torch.randint(0, len(reals), (args.batch,), generator=stream)
+        loss = discriminator_loss(discriminator(reals[real_index], real_labels[real_index]),
+                                  discriminator(fake_images[fake_index], fake_labels[fake_index]))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    rewards = []
+    for images in fakes["score"]:
+        batch = torch.from_numpy(images).float() / 255.0
+        rewards.append(discriminator.reward(batch, torch.from_numpy(labels)).mean().item())
+    print(f"{'cell':<40} {'FID (train split)':>18} {'mean reward':>12}")
+    for cell, reward in zip(grid, rewards):
+        name = ", ".join(f"{key}={value}" for key, value in cell.items() if key != "fid_train")
+        print(f"{name:<40} {cell['fid_train']:>18.3f} {reward:>12.4f}")
+    rho = spearmanr(rewards, [-cell["fid_train"] for cell in grid]).statistic
+    print(f"Spearman(mean reward, -FID) over {len(grid)} cells: {rho:.3f}")
+
+
+if __name__ == "__main__":
+    main()
