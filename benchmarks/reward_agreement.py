@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="samples per grid cell (training and scoring each)")
     parser.add_argument("--steps", type=int, default=300, help="discriminator steps")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4, help="discriminator learning rate (Adam, betas 0.5, 0.999)")
     parser.add_argument("--seed", type=int, default=2_000_000)
     args = parser.parse_args()
 
@@ -55,7 +56,7 @@ def main() -> None:
     discriminator = ProjectedDiscriminator(backbone, discriminator_config(
         params["adagen"]["discriminator"], num_classes=dataset.num_classes, resolution=dataset.resolution,
         mean=(UNIT_MEAN,), std=(UNIT_STD,)))
-    optimizer = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=1e-4,
+    optimizer = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr,
                                  betas=(0.5, 0.999))
     fake_images = torch.from_numpy(np.concatenate(fakes["train"])).float() / 255.0
     fake_labels = torch.from_numpy(np.tile(labels, len(grid)))
