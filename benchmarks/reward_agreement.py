@@ -24,7 +24,7 @@ from adagen.io import load_checkpoint, load_json
 from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config, discriminator_loss
 from adagen.sampling import class_balanced_labels, sample_images
-from adagen.stages import load_generator
+from adagen.stages import generator_factory
 
 
 def main() -> None:
@@ -43,10 +43,10 @@ def main() -> None:
     grid = load_json(paths.tuned_static(args.paradigm))["grid"]
     base = params["generators"][args.paradigm]["sampling"]
     labels = class_balanced_labels(args.samples, dataset.num_classes)
-    fakes = {"train": [], "score": []}
+    make_generator, fakes = generator_factory(paths, args.paradigm), {"train": [], "score": []}
     for index, cell in enumerate(tqdm(grid, desc="sampling the grid")):
         settings = {**base, **{key: value for key, value in cell.items() if key != "fid_train"}}
-        generator = load_generator(params, paths, args.paradigm, sampling=settings)
+        generator = make_generator(settings)
         for part, offset in (("train", 0), ("score", 1)):
             seed = args.seed + (2 * index + offset) * args.samples
             fakes[part].append(sample_images(generator, labels, seed=seed, batch_size=250, progress=False)["images"])

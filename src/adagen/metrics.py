@@ -541,14 +541,16 @@ def _against_reference(
     evaluator_params: Mapping[str, Any],
     metrics_params: Mapping[str, Any],
     evaluator_path: str | os.PathLike | None,
-    cache_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
     **metrics: bool,
 ) -> dict[str, float]:
-    """torch-fidelity's `metrics` of `images` against the reference, whose features come from the cache."""
+    """torch-fidelity's `metrics` of `images` against the reference, whose features come from the cache
+    (or, with `cache_dir` None, are computed afresh)."""
     settings = metric_settings(
         evaluator_params, metrics_params, evaluator_path, min(len(images), len(reference_images))
     )
-    settings.update(_cached_reference_settings(cache_dir))
+    if cache_dir is not None:
+        settings.update(_cached_reference_settings(cache_dir))
     return torch_fidelity.calculate_metrics(
         input1=UInt8Images(images), input2=UInt8Images(reference_images), **metrics, **settings
     )
@@ -565,10 +567,8 @@ def held_out_fid(
     judged on the train split so that the val split stays untouched for the reported figures."""
     _check_images("images", images)
     _check_images("reference_images", reference_images)
-    settings = metric_settings(evaluator_params, metrics_params, evaluator_path,
-                               min(len(images), len(reference_images)))
-    result = torch_fidelity.calculate_metrics(input1=UInt8Images(images), input2=UInt8Images(reference_images),
-                                              fid=True, **settings)
+    result = _against_reference(images, reference_images, evaluator_params, metrics_params, evaluator_path, None,
+                                fid=True)
     return float(result[torch_fidelity.KEY_METRIC_FID])
 
 

@@ -164,12 +164,17 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     return info
 
 
-def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | None = None):
-    """The step-wise sampler of a pretrained generator, with the params set's baseline schedule or `sampling`."""
+def generator_factory(paths: Paths, paradigm: str):
+    """Load a pretrained generator (and its tokenizer) once; return sampling settings -> step-wise sampler."""
     spec = PARADIGMS[paradigm]
     network = spec.load_network(load_checkpoint(require(paths.generator(paradigm), f"pretrain --paradigm {paradigm}")))
     token_args = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
-    return spec.make_generator(network, sampling or params["generators"][paradigm]["sampling"], **token_args)
+    return lambda sampling: spec.make_generator(network, sampling, **token_args)
+
+
+def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | None = None):
+    """The step-wise sampler of a pretrained generator, with the params set's baseline schedule or `sampling`."""
+    return generator_factory(paths, paradigm)(sampling or params["generators"][paradigm]["sampling"])
 
 
 def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
@@ -180,10 +185,10 @@ def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dic
     tuning, base = params["adagen"]["tuning"], params["generators"][paradigm]["sampling"]
     grid = tuning["grids"].get(paradigm, {})
     labels = class_balanced_labels(tuning["n_samples"], dataset.num_classes)
-    rows = []
+    make_generator, rows = generator_factory(paths, paradigm), []
     for values in tqdm(list(itertools.product(*grid.values())), desc=f"tune-static {paradigm}"):
         cell = dict(zip(grid, values))
-        generator = load_generator(params, paths, paradigm, sampling={**base, **cell})
+        generator = make_generator({**base, **cell})
         images = sample_images(generator, labels, seed=tuning["seed"], batch_size=params["sample"]["batch_size"],
                                progress=False)["images"]
         fid = held_out_fid(images, dataset.train_images, params["evaluator"], params["metrics"],
@@ -274,7 +279,8 @@ def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -
 
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
     """Class-balanced samples of one variant; every variant of a paradigm uses the same labels and noise seeds."""
-    generator = load_generator(params, paths, paradigm, sampling_settings(params, paths, paradigm, variant))  # all sampling noise comes from per-sample seeds
+    # All sampling noise comes from per-sample seeds.
+    generator = load_generator(params, paths, paradigm, sampling_settings(params, paths, paradigm, variant))
     policy = load_sampling_policy(paths, paradigm, variant, generator)
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
     labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
@@ -297,7 +303,8 @@ def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: 
     payload = {
         **scores, "paradigm": paradigm, "variant": variant, "nfe": int(samples["nfe"]),
         "forwards": int(samples["forwards"]), "seconds": float(samples["seconds"]),
-        "evaluate_seconds": time.perf_counter() - started, "settings": sampling_settings(params, paths, paradigm, variant),
+        "evaluate_seconds": time.perf_counter() - started,
+        "settings": sampling_settings(params, paths, paradigm, variant),
     }
     save_json(paths.metrics(paradigm, variant), payload)
     run.log_metrics({key: value for key, value in scores.items() if isinstance(value, (int, float))})

@@ -7,6 +7,7 @@ The smoothing state is reset at k = 0, so one object serves every rollout in tur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from adagen.policy.network import PolicyNet
 def gaussian_log_prob(u_BA: Tensor, mean_BA: Tensor, std: float) -> Tensor:
     """log N(u; mean, std^2 I), summed over the action dimensions: (B,)."""
     variance = std**2
-    return (-((u_BA - mean_BA) ** 2) / (2 * variance) - 0.5 * torch.log(torch.tensor(2 * torch.pi * variance))).sum(-1)
+    return (-((u_BA - mean_BA) ** 2) / (2 * variance) - 0.5 * math.log(2 * math.pi * variance)).sum(-1)
 
 
 @dataclass

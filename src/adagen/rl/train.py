@@ -74,32 +74,24 @@ def _labels(count: int, num_classes: int, stream: torch.Generator) -> Tensor:
 def collect(generator: StepwiseGenerator, agent: AdaptivePolicy, reward_fn: RewardFn, *, count: int, batch: int,
             num_classes: int, labels_stream: torch.Generator, first_seed: int) -> Batch:
     """`count` exploring rollouts in batches, with their rewards; sample i uses noise seed first_seed + i."""
-    parts, rewards, actions = [], [], []
+    rows: dict[str, list[Tensor]] = {"features": [], "k": [], "u": [], "log_prob": [], "trajectory": []}
+    rewards, actions = [], []
     for start in range(0, count, batch):
         size = min(batch, count - start)
         labels = _labels(size, num_classes, labels_stream)
         result = rollout(generator, labels, SampleRNG(range(first_seed + start, first_seed + start + size)), agent)
         rewards.append(reward_fn(result.images, labels))
         actions.append(result.actions)
-        parts.extend(agent.transitions)
+        for transition in agent.transitions:
+            rows["features"].append(transition.features)
+            rows["k"].append(torch.full((size,), transition.k))
+            rows["u"].append(transition.u)
+            rows["log_prob"].append(transition.log_prob)
+            rows["trajectory"].append(torch.arange(start, start + size))
     rewards_all = torch.cat(rewards)
-    steps = generator.num_steps
-    # Transitions were appended round by round, step by step: regroup them as (round, step) -> rows.
-    returns_per_trajectory = normalize_returns(rewards_all)
-    features, ks, us, log_probs, returns = [], [], [], [], []
-    offset = 0
-    for round_index in range(len(rewards)):
-        round_parts = parts[round_index * steps : (round_index + 1) * steps]
-        size = round_parts[0].u.shape[0]
-        for transition in round_parts:
-            features.append(transition.features)
-            ks.append(torch.full((size,), transition.k))
-            us.append(transition.u)
-            log_probs.append(transition.log_prob)
-            returns.append(returns_per_trajectory[offset : offset + size])
-        offset += size
-    return Batch(torch.cat(features), torch.cat(ks), torch.cat(us), torch.cat(log_probs), torch.cat(returns),
-                 rewards_all, {name: torch.cat([a[name] for a in actions]) for name in actions[0]})
+    returns = normalize_returns(rewards_all)[torch.cat(rows["trajectory"])]  # every step: its terminal reward
+    return Batch(torch.cat(rows["features"]), torch.cat(rows["k"]), torch.cat(rows["u"]), torch.cat(rows["log_prob"]),
+                 returns, rewards_all, {name: torch.cat([a[name] for a in actions]) for name in actions[0]})
 
 
 def _check_finite(name: str, value: Tensor, iteration: int, checkpoint: Path) -> None:
