@@ -2,8 +2,7 @@
 #   snakemake --cores all all                                  embedded default (params/default.yaml)
 #   snakemake --configfile params/smoke.yaml --cores all all   another params set
 #   snakemake --profile slurm all                              on a SLURM cluster (workflow/profiles/slurm)
-#   snakemake --cores all adaptive                             AdaGen policies of every paradigm, evaluated
-#   snakemake --cores all ablations                            the learned-static ablation
+#   snakemake --cores all ablations                            learned-static and fixed-reward policies, evaluated
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
@@ -19,12 +18,7 @@ rule all:
     default_target: True
 
 
-rule adaptive:
-    input:
-        expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"],
-               variant=["static", "tuned-static", "adaptive"]),
-
-
 rule ablations:
     input:
-        expand(str(PATHS.metrics("{paradigm}", "learned-static")), paradigm=config["paradigms"]),
+        expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+               variant=["learned-static", "fixed-reward"]),

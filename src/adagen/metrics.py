@@ -9,6 +9,9 @@ Two feature networks are supported:
   ``feature_extractor_weights_path``.
 * ``kind: inception``: torch-fidelity's ``inception-v3-compat`` with weights from a local file (clusters are
   offline, so a missing path is an error rather than a download).
+* ``kind: reward-backbone``: the discriminator's frozen ViT (``adagen-reward-backbone``), never for reported
+  figures: AdaGen training selects its policy checkpoint by FID in this feature space, so that the selection
+  signal is not the reported metric.
 
 The reference (val split) features are extracted once by `compute_reference` into torch-fidelity's own file
 cache, under a fixed ``input2`` cache name; later evaluations load them instead of recomputing. The generated
@@ -34,9 +37,12 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from tqdm import tqdm
 
 from adagen.io import load_checkpoint, load_json, save_checkpoint, save_json, sha256_of_arrays, sha256_of_file
+from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
 
 #: Name under which the trained classifier is registered with torch-fidelity.
 CLASSIFIER_EXTRACTOR_NAME = "adagen-classifier"
+#: Name under which the reward's backbone is registered with torch-fidelity.
+REWARD_BACKBONE_EXTRACTOR_NAME = "adagen-reward-backbone"
 #: torch-fidelity's name for the TF-compatible InceptionV3.
 INCEPTION_EXTRACTOR_NAME = "inception-v3-compat"
 #: Fixed ``input2_cache_name`` of the reference (val split) features in torch-fidelity's cache.
@@ -46,6 +52,7 @@ REFERENCE_CACHE_NAME = "adagen-reference"
 _FEATURE_LAYERS = {
     "classifier": ("features", "logits"),
     "inception": ("2048", "logits_unbiased"),
+    "reward-backbone": ("features", "logits"),
 }
 # Pixels of random translation used as training augmentation of the classifier.
 _MAX_SHIFT = 2
@@ -308,15 +315,43 @@ class ClassifierFeatureExtractor(FeatureExtractorBase):
         return tuple(outputs[name] for name in self.features_list)
 
 
-def _register_classifier_extractor() -> None:
-    """Register `ClassifierFeatureExtractor` once; torch-fidelity's registry is process-global and refuses
+class RewardBackboneFeatureExtractor(ClassifierFeatureExtractor):
+    """torch-fidelity adapter of the reward's saved ViT backbone (registered as ``adagen-reward-backbone``):
+    pre-logits features and logits, like the classifier's."""
+
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs: Any
+    ) -> None:
+        FeatureExtractorBase.__init__(self, name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path (a train-reward-backbone checkpoint)")
+        self.backbone = load_backbone(load_checkpoint(feature_extractor_weights_path))
+
+    def forward(self, images_B3HW: Tensor) -> tuple[Tensor, ...]:
+        if images_B3HW.dtype != torch.uint8 or images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3:
+            raise ValueError(f"expected uint8 B x 3 x H x W images, got {images_B3HW.dtype} {images_B3HW.shape}")
+        images = images_B3HW.float() / 255.0
+        if self.backbone.patch_embed.proj.in_channels == 1:
+            images = images.mean(dim=1, keepdim=True)  # grey images arrive replicated to RGB
+        tokens = self.backbone.forward_features((images - UNIT_MEAN) / UNIT_STD)
+        features = self.backbone.forward_head(tokens, pre_logits=True)
+        outputs = {"features": features, "logits": self.backbone.head(features)}
+        return tuple(outputs[name] for name in self.features_list)
+
+
+_OWN_EXTRACTORS = {CLASSIFIER_EXTRACTOR_NAME: ClassifierFeatureExtractor,
+                   REWARD_BACKBONE_EXTRACTOR_NAME: RewardBackboneFeatureExtractor}
+
+
+def _register_extractor(name: str) -> None:
+    """Register one of this module's extractors once; torch-fidelity's registry is process-global and refuses
     duplicate names, so check first."""
-    registered = torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY.get(CLASSIFIER_EXTRACTOR_NAME)
+    registered = torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY.get(name)
     if registered is None:
-        torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR_NAME, ClassifierFeatureExtractor)
-    elif registered.__module__ != __name__:
+        torch_fidelity.register_feature_extractor(name, _OWN_EXTRACTORS[name])
+    elif registered is not _OWN_EXTRACTORS[name]:
         # Same name, foreign class: metrics would silently come from another network.
-        raise RuntimeError(f"feature extractor {CLASSIFIER_EXTRACTOR_NAME!r} is registered by {registered!r}")
+        raise RuntimeError(f"feature extractor {name!r} is registered by {registered!r}")
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -343,18 +378,18 @@ class UInt8Images(torch.utils.data.Dataset):
 
 def _extractor_name(evaluator_params: Mapping[str, Any]) -> str:
     kind = evaluator_params["kind"]
-    if kind == "classifier":
-        return CLASSIFIER_EXTRACTOR_NAME
-    if kind == "inception":
-        return INCEPTION_EXTRACTOR_NAME
-    raise ValueError(f"unknown evaluator kind {kind!r}")
+    names = {"classifier": CLASSIFIER_EXTRACTOR_NAME, "inception": INCEPTION_EXTRACTOR_NAME,
+             "reward-backbone": REWARD_BACKBONE_EXTRACTOR_NAME}
+    if kind not in names:
+        raise ValueError(f"unknown evaluator kind {kind!r}")
+    return names[kind]
 
 
 def _weights_path(evaluator_params: Mapping[str, Any], evaluator_path: str | os.PathLike | None) -> str:
-    """File the feature network loads: the trained classifier, or the configured Inception weights."""
-    if evaluator_params["kind"] == "classifier":
+    """File the feature network loads: a trained network's checkpoint, or the configured Inception weights."""
+    if evaluator_params["kind"] != "inception":
         if evaluator_path is None:
-            raise ValueError("kind 'classifier' needs evaluator_path (the trained classifier checkpoint)")
+            raise ValueError(f"kind {evaluator_params['kind']!r} needs evaluator_path (the trained network's checkpoint)")
         return str(evaluator_path)
     if evaluator_params.get("weights_path") is None:
         # torch-fidelity would otherwise try to download the weights; the clusters are offline.
@@ -377,8 +412,8 @@ def metric_settings(
     if n_samples < 2:
         raise ValueError(f"metrics need at least 2 samples, got {n_samples}")
     extractor = _extractor_name(evaluator_params)
-    if extractor == CLASSIFIER_EXTRACTOR_NAME:
-        _register_classifier_extractor()
+    if extractor in _OWN_EXTRACTORS:
+        _register_extractor(extractor)
     feature_layer, logits_layer = _FEATURE_LAYERS[evaluator_params["kind"]]
     cuda = torch.cuda.is_available()
     return {

@@ -38,9 +38,10 @@ def sample_images(
 ) -> dict:
     """Generate one image per label; sample i uses seed + i, so batch size does not change the images.
 
-    Returns {"images": uint8 (N, C, H, W), "labels", "nfe", "forwards", "seconds"}.
+    Returns {"images": uint8 (N, C, H, W), "labels", "actions": {name: float32 (N, T) as applied}, "nfe",
+    "forwards", "seconds"}.
     """
-    chunks, nfe, forwards = [], 0, 0
+    chunks, actions, nfe, forwards = [], [], 0, 0
     started = time.perf_counter()
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="sample", disable=not progress, mininterval=2.0):
@@ -48,10 +49,12 @@ def sample_images(
         rng = SampleRNG(range(seed + start, seed + start + len(batch_labels)))
         result = rollout(generator, batch_labels, rng, policy)
         chunks.append(to_uint8(result.images))
+        actions.append({name: values.float().cpu().numpy() for name, values in result.actions.items()})
         nfe, forwards = result.nfe, result.forwards
     return {
         "images": np.concatenate(chunks),
         "labels": labels.astype(np.int64),
+        "actions": {name: np.concatenate([batch[name] for batch in actions]) for name in actions[0]},
         "nfe": nfe,
         "forwards": forwards,
         "seconds": time.perf_counter() - started,

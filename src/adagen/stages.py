@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import io as text_io
-import itertools
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,15 +32,19 @@ from adagen.policy.actions import ActionMap
 from adagen.policy.agent import AdaptivePolicy
 from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
-from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, accuracy, backbone_config, classification_loss, load_backbone
+from adagen.reward.backbone import (
+    UNIT_MEAN, UNIT_STD, accuracy, backbone_config, classification_loss, classifier_confidence, load_backbone,
+)
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
 from adagen.rl.train import PPOSettings, train_adagen
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
+from adagen.tuning import coordinate_search
 
-VARIANTS = ("static", "tuned-static", "adaptive", "learned-static")  # sampling variants; `variants` in params picks the reported ones
-POLICY_VARIANTS = ("adaptive", "learned-static")  # those that sample with a trained policy
-SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall", "n_samples", "seconds")
+VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward")  # sampling variants; `variants` in params picks the reported ones
+POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")  # those that sample with a trained policy
+SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
+                   "n_samples", "seconds")
 
 
 class MissingInput(FileNotFoundError):
@@ -178,26 +182,31 @@ def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | N
 
 
 def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
-    """The tuned-static baseline: every cell of the params' grid over the sampling settings, judged by FID
-    against the train split on seeds of its own, so the val split and the reported seeds stay untouched."""
+    """The tuned-static baseline: coordinate search over the params' candidate values of the sampling settings,
+    judged by FID against the train split on seeds of its own, so the val split and the reported seeds stay
+    untouched."""
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     tuning, base = params["adagen"]["tuning"], params["generators"][paradigm]["sampling"]
-    grid = tuning["grids"].get(paradigm, {})
     labels = class_balanced_labels(tuning["n_samples"], dataset.num_classes)
-    make_generator, rows = generator_factory(paths, paradigm), []
-    for values in tqdm(list(itertools.product(*grid.values())), desc=f"tune-static {paradigm}"):
-        cell = dict(zip(grid, values))
-        generator = make_generator({**base, **cell})
-        images = sample_images(generator, labels, seed=tuning["seed"], batch_size=params["sample"]["batch_size"],
-                               progress=False)["images"]
+    make_generator = generator_factory(paths, paradigm)
+    progress = tqdm(desc=f"tune-static {paradigm}", unit="cell")
+
+    def score(cell: dict) -> float:
+        images = sample_images(make_generator({**base, **cell}), labels, seed=tuning["seed"],
+                               batch_size=params["sample"]["batch_size"], progress=False)["images"]
         fid = held_out_fid(images, dataset.train_images, params["evaluator"], params["metrics"],
                            require(paths.evaluator, "train-evaluator"))
-        rows.append({**cell, "fid_train": fid})
-        run.log_metrics({"fid_train": fid}, len(rows))
+        progress.update()
+        run.log_metrics({"fid_train": fid}, progress.n)
+        return fid
+
+    rows = coordinate_search(tuning["grids"].get(paradigm, {}), base, score, sweeps=tuning["sweeps"])
+    progress.close()
+    rows = [{**{key: value for key, value in row.items() if key != "score"}, "fid_train": row["score"]} for row in rows]
     chosen = min(rows, key=lambda row: row["fid_train"])
-    result = {"sampling": {**base, **{key: chosen[key] for key in grid}}, "chosen": chosen, "grid": rows,
-              "seconds": time.perf_counter() - started}
+    result = {"sampling": {**base, **{key: value for key, value in chosen.items() if key != "fid_train"}},
+              "chosen": chosen, "grid": rows, "seconds": time.perf_counter() - started}
     save_json(paths.tuned_static(paradigm), result)
     run.log_artifact(paths.tuned_static(paradigm))
     return result
@@ -224,15 +233,37 @@ def train_reward_backbone(params: dict, paths: Paths, run: StageRun) -> dict:
     return info
 
 
+def _probe(params: dict, paths: Paths, generator, train_images: np.ndarray):
+    """The checkpoint-selection probe of AdaGen training: samples of the deterministic policy on fixed seeds,
+    scored by FID in the reward backbone's features against the train split (the selection signal, never the
+    reported metric); FID in the evaluator's features against the train split is logged beside it."""
+    selection, num_classes = params["adagen"]["selection"], load_json(paths.dataset_info)["num_classes"]
+    labels = class_balanced_labels(selection["n_samples"], num_classes)
+
+    def probe(policy: AdaptivePolicy) -> dict[str, float]:
+        images = sample_images(generator, labels, seed=selection["seed"], batch_size=params["sample"]["batch_size"],
+                               policy=policy, progress=False)["images"]
+        score = held_out_fid(images, train_images, {"kind": "reward-backbone"}, params["metrics"], paths.reward_backbone)
+        evaluator_fid = held_out_fid(images, train_images, params["evaluator"], params["metrics"], paths.evaluator)
+        return {"score": score, "fid_backbone_train": score, "fid_evaluator_train": evaluator_fid}
+
+    return probe
+
+
 def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
-    """AdaGen: policy, critic and discriminator trained jointly on the frozen generator (rl/train.py)."""
+    """AdaGen: policy, critic and discriminator trained jointly on the frozen generator (rl/train.py).
+
+    The policy's zero output is the `adagen.start_from` schedule (the params' own or the tuned-static one), so
+    training starts from the best static schedule known and the probe at iteration 0 measures exactly it.
+    """
     if variant not in POLICY_VARIANTS:
         raise ValueError(f"variant {variant!r} has no policy to train (trainable: {', '.join(POLICY_VARIANTS)})")
     started = time.perf_counter()
-    generator = load_generator(params, paths, paradigm)
+    adagen = params["adagen"]
+    start = sampling_settings(params, paths, paradigm, adagen["start_from"])
+    generator = load_generator(params, paths, paradigm, start)
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     backbone = load_backbone(load_checkpoint(require(paths.reward_backbone, "train-reward-backbone")))
-    adagen = params["adagen"]
     torch.manual_seed(adagen["ppo"]["seed"])  # initial weights of the discriminator heads, policy and critic
     discriminator = ProjectedDiscriminator(backbone, discriminator_config(
         adagen["discriminator"], num_classes=dataset.num_classes, resolution=dataset.resolution,
@@ -242,21 +273,26 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     critic = build_policy(adagen["policy"], **sizes, num_outputs=1)
     smoothing = adagen["smoothing"][paradigm]
     fingerprint = params_hash({"generator": sha256_of_file(paths.generator(paradigm)), "variant": variant,
-                               "backbone": sha256_of_file(paths.reward_backbone), **adagen})
+                               "backbone": sha256_of_file(paths.reward_backbone), **adagen,
+                               "start": start})
     settings = PPOSettings(**dict(adagen["ppo"], std_decay_at=tuple(adagen["ppo"]["std_decay_at"])))
     summary = train_adagen(generator, ActionMap(generator, smoothing), policy, critic, discriminator,
                            dataset.train_images, dataset.train_labels, settings,
                            checkpoint_path=paths.policy_checkpoint(paradigm, variant), fingerprint=fingerprint,
-                           zero_state=variant == "learned-static", report=run.log_metrics)
+                           zero_state=variant == "learned-static",
+                           reward_fn=classifier_confidence(backbone) if variant == "fixed-reward" else None,
+                           probe=_probe(params, paths, generator, dataset.train_images),
+                           probe_every=adagen["selection"]["every"], report=run.log_metrics)
     heads = {key: value for key, value in discriminator.state_dict().items() if not key.startswith("backbone.")}
     save_checkpoint(paths.policy(paradigm, variant), {
-        "variant": variant, "smoothing": smoothing, "discriminator": heads,
+        "variant": variant, "sampling": start, "smoothing": smoothing, "discriminator": heads,
         "policy": {"config": asdict(policy.config), "state_dict": policy.state_dict()},
         "critic": {"config": asdict(critic.config), "state_dict": critic.state_dict()},
     })
     paths.policy_checkpoint(paradigm, variant).unlink(missing_ok=True)
-    info = {**summary, "seconds": time.perf_counter() - started}
+    info = {**summary, "start_from": adagen["start_from"], "seconds": time.perf_counter() - started}
     save_json(paths.policy_info(paradigm, variant), info)
+    run.log_metrics({"selected_iteration": info["selected_iteration"] or 0})
     run.log_artifact(paths.policy_info(paradigm, variant))
     return info
 
@@ -274,40 +310,63 @@ def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -
     """The baseline settings a variant's generator is built with: the params' own, or the tuned ones."""
     if variant == "tuned-static":
         return load_json(require(paths.tuned_static(paradigm), f"tune-static --paradigm {paradigm}"))["sampling"]
+    if variant in POLICY_VARIANTS:  # the schedule the policy was trained around, kept in its file
+        made_by = f"train --paradigm {paradigm} --variant {variant}"
+        return load_checkpoint(require(paths.policy(paradigm, variant), made_by))["sampling"]
     return params["generators"][paradigm]["sampling"]
 
 
 def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
-    """Class-balanced samples of one variant; every variant of a paradigm uses the same labels and noise seeds."""
-    # All sampling noise comes from per-sample seeds.
-    generator = load_generator(params, paths, paradigm, sampling_settings(params, paths, paradigm, variant))
+    """Class-balanced samples of one variant, one run per evaluation seed. Every variant of a paradigm uses the
+    same labels and noise seeds (common random numbers), so their differences are the schedules' alone."""
+    settings = sampling_settings(params, paths, paradigm, variant)
+    generator = load_generator(params, paths, paradigm, settings)
     policy = load_sampling_policy(paths, paradigm, variant, generator)
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
-    labels = class_balanced_labels(params["sample"]["n_samples"], num_classes)
-    result = sample_images(generator, labels, seed=params["sample"]["seed"], batch_size=params["sample"]["batch_size"],
-                           policy=policy)
-    save_npz(paths.samples(paradigm, variant), images=result["images"], labels=result["labels"],
-             nfe=np.int64(result["nfe"]), forwards=np.int64(result["forwards"]), seconds=np.float64(result["seconds"]))
-    save_grid(paths.grid(paradigm, variant), result["images"], result["labels"])
-    run.log_metrics({"nfe": result["nfe"], "forwards": result["forwards"], "seconds": result["seconds"]})
+    section = params["sample"]
+    labels = class_balanced_labels(section["n_samples"], num_classes)
+    runs = [sample_images(generator, labels, seed=seed, batch_size=section["batch_size"], policy=policy)
+            for seed in section["seeds"]]
+    images = np.concatenate([result["images"] for result in runs])
+    actions = {f"action_{name}": np.concatenate([result["actions"][name] for result in runs]) for name in runs[0]["actions"]}
+    seconds = sum(result["seconds"] for result in runs)
+    nfe, forwards = runs[0]["nfe"], runs[0]["forwards"]
+    save_npz(paths.samples(paradigm, variant), images=images, labels=np.tile(labels, len(runs)),
+             seeds=np.repeat(np.asarray(section["seeds"], dtype=np.int64), len(labels)), **actions,
+             settings=np.asarray(json.dumps(settings)),
+             nfe=np.int64(nfe), forwards=np.int64(forwards), seconds=np.float64(seconds))
+    save_grid(paths.grid(paradigm, variant), runs[0]["images"], labels)
+    run.log_metrics({"nfe": nfe, "forwards": forwards, "seconds": seconds})
     run.log_artifact(paths.grid(paradigm, variant))
-    return {key: result[key] for key in ("nfe", "forwards", "seconds")}
+    return {"nfe": nfe, "forwards": forwards, "seconds": seconds}
+
+
+SEED_METRICS = ("fid", "isc", "kid", "precision", "recall")  # averaged over the evaluation seeds, with their spread
 
 
 def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
+    """The metrics of each evaluation seed's samples against the val split; their mean and standard deviation."""
     started = time.perf_counter()
     samples = load_npz(require(paths.samples(paradigm, variant), f"sample --paradigm {paradigm} --variant {variant}"))
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
-    scores = evaluate_images(samples["images"], dataset.val_images, params["evaluator"], params["metrics"],
-                             require(paths.evaluator, "train-evaluator"), require(paths.refstats_dir, "refstats"))
+    per_seed = []
+    for seed in np.unique(samples["seeds"]):
+        scores = evaluate_images(samples["images"][samples["seeds"] == seed], dataset.val_images, params["evaluator"],
+                                 params["metrics"], require(paths.evaluator, "train-evaluator"),
+                                 require(paths.refstats_dir, "refstats"))
+        per_seed.append({"seed": int(seed), **scores})
+    summary = {}
+    for key in SEED_METRICS:
+        values = np.array([scores[key] for scores in per_seed])
+        summary[key], summary[f"{key}_spread"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
     payload = {
-        **scores, "paradigm": paradigm, "variant": variant, "nfe": int(samples["nfe"]),
-        "forwards": int(samples["forwards"]), "seconds": float(samples["seconds"]),
-        "evaluate_seconds": time.perf_counter() - started,
-        "settings": sampling_settings(params, paths, paradigm, variant),
+        **summary, "paradigm": paradigm, "variant": variant, "seeds": len(per_seed),
+        "n_samples": int(len(samples["images"])), "nfe": int(samples["nfe"]), "forwards": int(samples["forwards"]),
+        "seconds": float(samples["seconds"]), "evaluate_seconds": time.perf_counter() - started,
+        "settings": json.loads(str(samples["settings"])), "per_seed": per_seed,
     }
     save_json(paths.metrics(paradigm, variant), payload)
-    run.log_metrics({key: value for key, value in scores.items() if isinstance(value, (int, float))})
+    run.log_metrics(summary)
     run.log_artifact(paths.metrics(paradigm, variant))
     return payload
 

@@ -35,12 +35,21 @@ rule train_reward_backbone:
         "adagen train-reward-backbone --params {PARAMS_FILE} > {log} 2>&1"
 
 
+def start_schedule_of(wildcards):
+    """The tuned-static settings when the policy starts from them (adagen.start_from)."""
+    if config["adagen"]["start_from"] == "tuned-static":
+        return [str(PATHS.tuned_static(wildcards.paradigm))]
+    return []
+
+
 rule train:
     input:
         model=str(PATHS.generator("{paradigm}")),
         tokenizer=tokenizer_of,
+        start=start_schedule_of,
         backbone=str(PATHS.reward_backbone),
         dataset=str(PATHS.dataset),
+        evaluator=str(PATHS.evaluator),
     output:
         policy=str(PATHS.policy("{paradigm}", "{variant}")),
         info=str(PATHS.policy_info("{paradigm}", "{variant}")),

@@ -190,6 +190,17 @@ def step_fraction(T: int) -> Tensor:
     return (torch.arange(T, dtype=torch.float32) + 1 - 1e-3) / T
 
 
+# The mask schedule families of the MaskGIT paper: the share of tokens still masked after fraction r of the steps.
+# Cosine is MaskGIT's (and AdaNAT's baseline); the others are what a tuned static schedule may pick instead.
+MASK_SCHEDULES = {
+    "cosine": lambda r: torch.cos(math.pi / 2 * r),
+    "linear": lambda r: 1 - r,
+    "square": lambda r: 1 - r**2,
+    "cubic": lambda r: 1 - r**3,
+    "sqrt": lambda r: 1 - r.sqrt(),
+}
+
+
 @dataclass(frozen=True)
 class MaskGITState:
     k: int
@@ -208,14 +219,17 @@ class MaskGITGenerator(StepwiseGenerator):
     and the CFG weight; each step ends with the next cond + uncond evaluation (none after the last)."""
 
     def __init__(self, network: UViT, tokenizer: VQTokenizer, *, steps: int, cfg: float, gumbel_temp: float,
-                 sample_temp: float = 1.0):
+                 sample_temp: float = 1.0, mask_schedule: str = "cosine"):
+        if mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"mask_schedule {mask_schedule!r}: choose from {', '.join(MASK_SCHEDULES)}")
+        mask_ratio = MASK_SCHEDULES[mask_schedule]
         self.network = network.eval().requires_grad_(False)
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.num_steps = steps
         self.feature_dim = network.config.embed_dim
         self.feature_grid = (network.grid_size, network.grid_size)
         self.action_specs = (
-            sigmoid_spec("mask_ratio", lambda T: torch.cos(math.pi / 2 * step_fraction(T))),
+            sigmoid_spec("mask_ratio", lambda T: mask_ratio(step_fraction(T))),
             softplus_spec("gumbel_temp", lambda T: (1 - step_fraction(T)) * gumbel_temp),
             softplus_spec("sample_temp", constant(sample_temp), low=1e-3),
             softplus_spec("cfg", lambda T: (torch.arange(T, dtype=torch.float32) + 1e-3) / T * cfg),

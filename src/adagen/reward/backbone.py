@@ -46,3 +46,15 @@ def load_backbone(checkpoint: dict) -> VisionTransformer:
     backbone = VisionTransformer(**checkpoint["config"])
     backbone.load_state_dict(checkpoint["state_dict"])
     return backbone.eval().requires_grad_(False)
+
+
+def classifier_confidence(backbone: VisionTransformer):
+    """The fixed-reward ablation's reward: p(label | image) under the frozen backbone classifier. A static
+    per-sample scorer, which a policy can exploit (the reason AdaGen trains its discriminator jointly)."""
+
+    @torch.no_grad()
+    def reward(images_BCHW: Tensor, labels_B: Tensor) -> Tensor:
+        logits = backbone.eval()((images_BCHW - UNIT_MEAN) / UNIT_STD)
+        return logits.softmax(dim=-1).gather(1, labels_B.view(-1, 1).to(logits.device)).squeeze(1)
+
+    return reward

@@ -77,7 +77,8 @@ class DiscriminatorHead(nn.Module):
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     num_classes: int
-    block_indices: tuple[int, ...]  # backbone blocks whose outputs are read (plus the patch embedding)
+    block_indices: tuple[int, ...]  # backbone blocks whose outputs are read
+    read_patch_embedding: bool = True  # a head on the patch embedding too (pixel-level statistics)
     cond_dim: int = 512
     mapping_layers: int = 2  # MLP on the class embedding (StyleGAN2's mapping network: 8 at full size)
     projection_dim: int = 64
@@ -102,7 +103,7 @@ class ProjectedDiscriminator(nn.Module):
         self.mapping = nn.Sequential(*layers)
         self.heads = nn.ModuleList(
             DiscriminatorHead(dim, config.cond_dim, config.projection_dim, config.virtual_batch)
-            for _ in range(len(config.block_indices) + 1)
+            for _ in range(len(config.block_indices) + config.read_patch_embedding)
         )
 
     def train(self, mode: bool = True) -> "ProjectedDiscriminator":
@@ -121,7 +122,7 @@ class ProjectedDiscriminator(nn.Module):
         mean = torch.tensor(c.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(c.std, device=x.device).view(1, -1, 1, 1)
         x = backbone.pos_drop(backbone._pos_embed(backbone.patch_embed((x - mean) / std)))
-        maps = [x]
+        maps = [x] if c.read_patch_embedding else []
         for i, block in enumerate(backbone.blocks[: max(c.block_indices) + 1]):
             x = block(x)
             if i in c.block_indices:
@@ -155,6 +156,7 @@ def discriminator_config(section: dict, *, num_classes: int, resolution: int, me
                          std: tuple[float, ...]) -> DiscriminatorConfig:
     """The config of a params section (`adagen.discriminator`) for a backbone that sees `resolution` pixels."""
     return DiscriminatorConfig(num_classes=num_classes, block_indices=tuple(section["block_indices"]),
+                               read_patch_embedding=section["read_patch_embedding"],
                                cond_dim=section["cond_dim"], mapping_layers=section["mapping_layers"],
                                projection_dim=section["projection_dim"], virtual_batch=section["virtual_batch"],
                                image_size=resolution, mean=tuple(mean), std=tuple(std))

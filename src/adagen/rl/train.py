@@ -8,6 +8,11 @@ discriminator steps on fresh fakes of the updated exploring policy against real 
 
 Every random draw comes from streams held in the checkpoint, so a killed run resumes and ends exactly where an
 uninterrupted one does. A non-finite reward or loss stops with TrainingDiverged and keeps the last checkpoint.
+
+Checkpoint selection: adversarial training swings (nearby iterates can differ a lot in quality), so every
+`probe_every` iterations, and before the first, a `probe` scores the deterministic policy on fixed seeds (lower
+is better; the stage uses FID in the reward backbone's feature space against the train split, never the
+reported metric), and the best-scoring policy is the one returned. Iteration 0 is the starting schedule itself.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from adagen.rl.rollout import rollout
 
 Report = Callable[[dict, int], None]
 RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images in [0, 1], labels) -> (B,)
+Probe = Callable[[AdaptivePolicy], dict[str, float]]  # deterministic policy -> {"score": lower is better, ...}
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,15 @@ def train_adagen(
     fingerprint: str,
     zero_state: bool = False,
     reward_fn: RewardFn | None = None,
+    probe: Probe | None = None,
+    probe_every: int = 0,
     report: Report | None = None,
 ) -> dict:
     """Train policy, critic and discriminator in place; returns a summary with the reward curve.
 
     `zero_state` is the learned-static ablation (the policy sees zeros); `reward_fn` replaces the
-    discriminator's reward (fixed-reward ablation; the discriminator then trains but is not used).
+    discriminator's reward (fixed-reward ablation; the discriminator then trains but is not used). With a
+    `probe`, the policy ends as the best-probed one (the critic and discriminator stay at their last state).
     """
     s = settings
     num_classes = discriminator.config.num_classes
@@ -129,7 +138,7 @@ def train_adagen(
     d_params = [p for p in discriminator.parameters() if p.requires_grad]
     d_optimizer = torch.optim.Adam(d_params, lr=s.d_lr, betas=(0.5, 0.999))
     noise, labels_stream = torch.Generator().manual_seed(s.seed), torch.Generator().manual_seed(s.seed + 1)
-    start, history = 0, []
+    start, history, probes, best = 0, [], [], None
     checkpoint_path = Path(checkpoint_path)
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
@@ -140,9 +149,24 @@ def train_adagen(
             d_optimizer.load_state_dict(state["d_optimizer"])
             noise.set_state(state["noise"])
             labels_stream.set_state(state["labels_stream"])
-            start, history = state["iteration"], state["history"]
+            start, history, probes, best = state["iteration"], state["history"], state["probes"], state["best"]
     reward_fn = reward_fn or discriminator.reward
     started = time.perf_counter()
+
+    def probe_policy(iteration: int) -> None:
+        nonlocal best
+        if probe is None or probe_every <= 0 or (iteration % probe_every and iteration != s.iterations):
+            return
+        scores = probe(AdaptivePolicy(policy.eval(), action_map, zero_state=zero_state))
+        probes.append({"iteration": iteration, **scores})
+        if report is not None:
+            report({f"probe/{key}": value for key, value in scores.items()}, iteration)
+        if best is None or scores["score"] < best["score"]:
+            best = {"iteration": iteration, "score": scores["score"],
+                    "policy": {key: value.clone() for key, value in policy.state_dict().items()}}
+
+    if start == 0:
+        probe_policy(0)
     for iteration in tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc="adagen"):
         std = exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
                               floor=s.std_floor)
@@ -195,14 +219,19 @@ def train_adagen(
         history.append({key: metrics[key] for key in ("reward", "d/loss", "ppo/clip_fraction", "ppo/approx_kl")})
         if report is not None:
             report(metrics, iteration + 1)
+        probe_policy(iteration + 1)
         if (iteration + 1) % s.checkpoint_every == 0 and iteration + 1 < s.iterations:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint, "iteration": iteration + 1, "history": history,
+                "probes": probes, "best": best,
                 "policy": policy.state_dict(), "critic": critic.state_dict(),
                 "discriminator": discriminator.state_dict(), "optimizer": optimizer.state_dict(),
                 "d_optimizer": d_optimizer.state_dict(), "noise": noise.get_state(),
                 "labels_stream": labels_stream.get_state(),
             })
+    if best is not None:
+        policy.load_state_dict(best["policy"])
     policy.eval(), critic.eval(), discriminator.eval()
     return {"iterations": s.iterations, "resumed_from_iteration": start or None, "history": history,
+            "probes": probes, "selected_iteration": None if best is None else best["iteration"],
             "train_seconds_this_run": time.perf_counter() - started}
