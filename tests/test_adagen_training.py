@@ -11,6 +11,9 @@ from adagen.policy.actions import ActionMap
 from adagen.policy.network import build_policy
 from adagen.pretrain import TrainingDiverged
 from adagen.reward.discriminator import DiscriminatorConfig, ProjectedDiscriminator, discriminator_loss
+from adagen.generators.base import SampleRNG
+from adagen.reward.backbone import classifier_confidence
+from adagen.rl.rollout import rollout
 from adagen.rl.train import PPOSettings, train_adagen
 from test_generators import NUM_CLASSES, make_generator
 
@@ -70,11 +73,43 @@ def test_training_moves_the_policy_and_the_discriminator(paradigm, tmp_path):
     assert policy.linear3.weight.abs().sum() > 0  # the zero-initialised head has learned something
 
 
+def image_mean_probe(generator):
+    """A real probe: the mean pixel of the deterministic policy's samples on fixed seeds (lower is 'better')."""
+
+    def probe(agent) -> dict[str, float]:
+        images = rollout(generator, torch.arange(4) % NUM_CLASSES, SampleRNG(range(100, 104)), agent).images
+        return {"score": images.mean().item()}
+
+    return probe
+
+
+def test_the_best_probed_policy_is_the_one_returned(tmp_path):
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()
+    scores, seen = iter([3.0, 1.0, 2.0, 5.0]), []
+
+    def probe(agent) -> dict[str, float]:
+        seen.append({key: value.clone() for key, value in agent.network.state_dict().items()})
+        return {"score": next(scores), "extra": 7.0}
+
+    reports = []
+    summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                           checkpoint_path=tmp_path / "state.pt", fingerprint="x", probe=probe, probe_every=2,
+                           report=lambda metrics, step: reports.append((step, metrics)))
+    # Probes before training and after iterations 2 and 4 (the last); the second scored best.
+    assert [row["iteration"] for row in summary["probes"]] == [0, 2, 4]
+    assert summary["selected_iteration"] == 2
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, seen[1][key])
+    assert not all(torch.equal(seen[1][key], seen[2][key]) for key in seen[1])  # training went on after it
+    assert (2, {"probe/score": 1.0, "probe/extra": 7.0}) in reports
+
+
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     generator, action_map, policy, critic, discriminator, reals, labels = setup()
-    train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
-                 checkpoint_path=tmp_path / "whole.pt", fingerprint="x")
-    uninterrupted = state_of(policy, critic, discriminator)
+    summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
+                           checkpoint_path=tmp_path / "whole.pt", fingerprint="x",
+                           probe=image_mean_probe(generator), probe_every=1)
+    uninterrupted, probes = state_of(policy, critic, discriminator), summary["probes"]
 
     generator, action_map, policy, critic, discriminator, reals, labels = setup()
     calls = []
@@ -87,11 +122,14 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
-                     checkpoint_path=tmp_path / "killed.pt", fingerprint="x", reward_fn=killed_in_iteration_3)
+                     checkpoint_path=tmp_path / "killed.pt", fingerprint="x", reward_fn=killed_in_iteration_3,
+                     probe=image_mean_probe(generator), probe_every=1)
     generator, action_map, policy, critic, discriminator, reals, labels = setup()  # a fresh process
     summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
-                           checkpoint_path=tmp_path / "killed.pt", fingerprint="x")
+                           checkpoint_path=tmp_path / "killed.pt", fingerprint="x",
+                           probe=image_mean_probe(generator), probe_every=1)
     assert summary["resumed_from_iteration"] == 2
+    assert summary["probes"] == probes  # the probes before the kill came back with the checkpoint
     for a, b in zip(uninterrupted, state_of(policy, critic, discriminator)):
         torch.testing.assert_close(a, b)
 
@@ -110,3 +148,13 @@ def test_a_nan_reward_stops_training_and_keeps_the_last_checkpoint(tmp_path):
         train_adagen(generator, action_map, policy, critic, discriminator, reals, labels, SETTINGS,
                      checkpoint_path=checkpoint, fingerprint="x", reward_fn=reward)
     assert torch.load(checkpoint, weights_only=True)["iteration"] == 2
+
+
+def test_the_fixed_reward_is_the_backbone_classifier_confidence():
+    backbone = tiny_discriminator().backbone
+    images, labels = torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+    reward = classifier_confidence(backbone)(images, labels)
+    probabilities = backbone((images - 0.5) / 0.5).softmax(dim=-1)
+    torch.testing.assert_close(reward, probabilities[torch.arange(6), labels])
+    assert torch.allclose(sum(classifier_confidence(backbone)(images, torch.full((6,), k)) for k in range(4)),
+                          torch.ones(6))

@@ -506,3 +506,20 @@ def test_multiscale_tokenizer_scales_add_up_to_its_latent():
             f_hat, _ = tokenizer.quantize.next_input(si, f_hat, idx)
     assert [idx.shape[1] for idx in indices] == [pn * pn for pn in tokenizer.config.patch_nums]
     torch.testing.assert_close(f_hat, quantized, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("cosine", lambda r: np.cos(np.pi / 2 * r)), ("linear", lambda r: 1 - r), ("square", lambda r: 1 - r**2),
+    ("cubic", lambda r: 1 - r**3), ("sqrt", lambda r: 1 - np.sqrt(r)),
+])
+def test_maskgit_mask_schedule_families(family, expected):
+    generator = make_generator("maskgit", mask_schedule=family)
+    r = (np.arange(generator.num_steps) + 1 - 1e-3) / generator.num_steps
+    ratio = generator.baseline_schedule()["mask_ratio"].numpy()
+    np.testing.assert_allclose(ratio, np.clip(expected(r), 0, 1), atol=1e-6)
+    assert np.all(np.diff(ratio) < 0)  # fewer tokens masked after every step
+
+
+def test_maskgit_unknown_mask_schedule_is_an_error():
+    with pytest.raises(ValueError, match="mask_schedule 'zigzag': choose from cosine, linear"):
+        make_generator("maskgit", mask_schedule="zigzag")

@@ -18,9 +18,13 @@ import yaml
 
 from conftest import copy_project
 
-STAGES = {"prepare-data", "train-evaluator", "refstats", "train-tokenizer", "pretrain", "sample", "evaluate", "report"}
-PER_PARADIGM = {"pretrain", "sample", "evaluate"}
+STAGES = {"prepare-data", "train-evaluator", "refstats", "train-tokenizer", "pretrain", "tune-static",
+          "train-reward-backbone", "train", "sample", "evaluate", "report"}
+PER_PARADIGM = {"pretrain", "tune-static", "train"}  # one run per paradigm
+PER_VARIANT = {"sample", "evaluate"}  # one run per paradigm and variant
 PARADIGMS = ["maskgit", "var", "dit", "sit"]  # those of params/smoke.yaml
+VARIANTS = ["static", "tuned-static", "adaptive"]  # those of params/smoke.yaml
+SAMPLES = 2 * 40  # 2 evaluation seeds of 40 samples
 TOKEN_PARADIGMS = ["maskgit", "var"]
 SMOKE_NFE = {"maskgit": 4, "var": 4, "dit": 4, "sit": 4}  # 4 steps, 4 scales (1, 2, 4, 8), 4 evaluations
 pytestmark = pytest.mark.slow
@@ -52,27 +56,37 @@ def test_outputs_of_every_stage(finished_smoke_run):
     results = project / "results" / "smoke"
     with open(results / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "isc", "kid", "precision", "recall",
-                             "n_samples", "seconds"]
-    assert [(row["paradigm"], row["variant"], row["nfe"], row["n_samples"]) for row in rows] == \
-        [(paradigm, "static", str(SMOKE_NFE[paradigm]), "40") for paradigm in PARADIGMS]
+    assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall",
+                             "seeds", "n_samples", "seconds"]
+    assert [(row["paradigm"], row["variant"], row["nfe"], row["seeds"], row["n_samples"]) for row in rows] == \
+        [(paradigm, variant, str(SMOKE_NFE[paradigm]), "2", str(SAMPLES)) for paradigm in PARADIGMS
+         for variant in VARIANTS]
     assert all(np.isfinite(float(row["fid"])) and float(row["fid"]) > 0 for row in rows)
     summary = (results / "summary.md").read_text()
-    assert "uniform noise" in summary
+    assert "uniform noise" in summary and "Adaptive vs baselines" in summary
     for paradigm in PARADIGMS:
         assert f"| {paradigm} | static | 4 |" in summary and f"pretrain {paradigm}" in summary
+        assert f"| {paradigm} | tuned-static |" in summary and f"train {paradigm} adaptive" in summary
+        for figure in (results / paradigm / "schedules.png", results / paradigm / "training-adaptive.png"):
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.name in summary
     for paradigm in TOKEN_PARADIGMS:
         assert f"train-tokenizer {paradigm}" in summary
         tokenizer = json.loads((results / paradigm / "tokenizer" / "tokenizer.json").read_text())
         assert tokenizer["val_psnr"] > 0 and 0 < tokenizer["codebook_usage"] <= 1
     samples = np.load(results / "dit" / "samples" / "static.npz")
-    assert samples["images"].dtype == np.uint8 and samples["images"].shape == (40, 1, 16, 16)
+    assert samples["images"].dtype == np.uint8 and samples["images"].shape == (SAMPLES, 1, 16, 16)
+    assert samples["seeds"].tolist() == [0] * 40 + [1000] * 40
+    assert samples["action_cfg"].shape == (SAMPLES, 4)  # the schedule as applied, per sample and step
     assert (results / "dit" / "samples" / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((results / "dit" / "metrics" / "static.json").read_text())
-    assert {"fid", "isc", "kid", "precision", "recall", "n_samples", "nfe", "forwards", "seconds"} <= set(metrics)
+    assert {"fid", "fid_spread", "isc", "kid", "precision", "recall", "n_samples", "nfe", "forwards",
+            "seconds"} <= set(metrics)
+    assert [row["seed"] for row in metrics["per_seed"]] == [0, 1000]
+    assert metrics["fid"] == pytest.approx(np.mean([row["fid"] for row in metrics["per_seed"]]))
     assert metrics["forwards"] == 2 * metrics["nfe"] == 8
     for paradigm in PARADIGMS:
-        assert np.load(results / paradigm / "samples" / "static.npz")["images"].shape == (40, 1, 16, 16)
+        for variant in VARIANTS:
+            assert np.load(results / paradigm / "samples" / f"{variant}.npz")["images"].shape == (SAMPLES, 1, 16, 16)
     refstats = json.loads((project / "data" / "smoke" / "refstats" / "refstats.json").read_text())
     assert refstats["sanity"]["fid_noise_vs_val"] > 10 * refstats["sanity"]["fid_train_vs_val"]
     # Nothing half-written is left behind.
@@ -94,16 +108,21 @@ def test_mlflow_has_one_finished_run_per_stage(finished_smoke_run):
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
     assert {r.data.tags["stage"] for r in runs} == STAGES
-    assert len(runs) == len(STAGES) + (len(PARADIGMS) - 1) * len(PER_PARADIGM) + len(TOKEN_PARADIGMS) - 1
+    assert len(runs) == (len(STAGES) - len(PER_PARADIGM) - len(PER_VARIANT) - 1 + len(TOKEN_PARADIGMS)
+                         + len(PER_PARADIGM) * len(PARADIGMS) + len(PER_VARIANT) * len(PARADIGMS) * len(VARIANTS))
     for stage in PER_PARADIGM:
         assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == stage) == sorted(PARADIGMS)
+    for stage in PER_VARIANT:
+        assert sorted((r.data.tags["paradigm"], r.data.tags["variant"]) for r in runs
+                      if r.data.tags["stage"] == stage) == sorted((p, v) for p in PARADIGMS for v in VARIANTS)
     assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == "train-tokenizer") == \
         sorted(TOKEN_PARADIGMS)
     for stage_run in runs:
         assert stage_run.info.status == "FINISHED"
         assert stage_run.data.tags["params_hash"] and stage_run.data.tags["git_commit"] != "unknown"
         assert stage_run.data.params["generators.dit.sampling.nfe"] == "4"
-    by_stage = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("paradigm", "dit") == "dit"}
+    by_stage = {r.data.tags["stage"]: r for r in runs
+                if r.data.tags.get("paradigm", "dit") == "dit" and r.data.tags.get("variant", "static") == "static"}
     losses = client.get_metric_history(by_stage["pretrain"].info.run_id, "train/loss")
     assert len(losses) >= 2  # a curve, not a single number
     artifacts = [a.path for a in client.list_artifacts(by_stage["sample"].info.run_id)]
@@ -127,16 +146,17 @@ def test_dvc_records_the_snakemake_outputs_and_reruns_one_paradigm(finished_smok
         results / "maskgit" / "generator" / "model.pt", results / "maskgit" / "tokenizer" / "tokenizer.pt",
         *(results / paradigm / "metrics" / "static.json" for paradigm in PARADIGMS if paradigm != "maskgit")]}
 
-    # A new MaskGIT schedule: `dvc repro evaluate@maskgit` samples and evaluates MaskGIT again, nothing else.
+    # A new MaskGIT schedule: `dvc repro evaluate@maskgit-static` samples and evaluates MaskGIT's static
+    # variant again, nothing else.
     params_file = project / "params" / "smoke.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["generators"]["maskgit"]["sampling"]["steps"] = 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], project)
     assert "sample@maskgit" in status.stdout and "pretrain-on-tokens@maskgit" not in status.stdout
-    repro = run(["dvc", "repro", "evaluate@maskgit"], project)
+    repro = run(["dvc", "repro", "evaluate@maskgit-static"], project)
     ran = sorted(line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate@maskgit", "sample@maskgit"], repro.stdout
+    assert ran == ["evaluate@maskgit-static", "sample@maskgit"], repro.stdout
     assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
     assert json.loads((results / "maskgit" / "metrics" / "static.json").read_text())["nfe"] == 3
 
@@ -183,8 +203,9 @@ def test_mlflow_ui_serves_the_runs(finished_smoke_run):
         history = call(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=train/loss")["metrics"]
         assert len(history) >= 2
         sample = next(r for r in runs if {"key": "stage", "value": "sample"} in r["data"]["tags"])
+        variant = next(tag["value"] for tag in sample["data"]["tags"] if tag["key"] == "variant")
         files = call(f"/api/2.0/mlflow/artifacts/list?run_id={sample['info']['run_id']}")["files"]
-        assert "static.png" in {entry["path"] for entry in files}
+        assert f"{variant}.png" in {entry["path"] for entry in files}
         with urllib.request.urlopen(base + "/", timeout=10) as response:
             assert b"<html" in response.read().lower()
     finally:
@@ -192,24 +213,45 @@ def test_mlflow_ui_serves_the_runs(finished_smoke_run):
         server.wait(timeout=30)
 
 
-def test_the_adaptive_target_trains_a_policy_per_paradigm_and_evaluates_it(finished_smoke_run):
-    """`snakemake adaptive`: tuned-static search, reward backbone, then policy + discriminator per paradigm,
-    every variant sampled and evaluated at the same NFE."""
+def test_the_default_target_trains_a_policy_per_paradigm_from_the_tuned_schedule(finished_smoke_run):
+    """tune-static, reward backbone, then policy + discriminator per paradigm (through a submitit job), started
+    from the tuned-static schedule and selected by its probes; every variant at the same NFE."""
     project, _ = finished_smoke_run
-    run(["snakemake", "--configfile", "params/smoke.yaml", "--cores", "2", "adaptive"], project)
     results = project / "results" / "smoke"
     backbone = json.loads((results / "reward" / "backbone.json").read_text())
     assert 0 <= backbone["val_accuracy"] <= 1
     for paradigm in PARADIGMS:
         info = json.loads((results / paradigm / "policy" / "adaptive.json").read_text())
-        assert info["iterations"] == 2 and len(info["history"]) == 2
+        assert info["iterations"] == 2 and len(info["history"]) == 2 and info["start_from"] == "tuned-static"
         assert all(0 < entry["reward"] < 1 for entry in info["history"])
+        assert [probe["iteration"] for probe in info["probes"]] == [0, 1, 2]  # smoke: a probe every iteration
+        best = min(info["probes"], key=lambda probe: probe["score"])
+        assert info["selected_iteration"] == best["iteration"]
+        assert (project / "logs" / "smoke" / "submitit" / f"train-{paradigm}-adaptive").is_dir()
         metrics = json.loads((results / paradigm / "metrics" / "adaptive.json").read_text())
         static = json.loads((results / paradigm / "metrics" / "static.json").read_text())
         assert metrics["variant"] == "adaptive" and metrics["nfe"] == static["nfe"]  # equal NFE
         assert not (results / paradigm / "policy" / "training-state-adaptive.pt").exists()
         tuned = json.loads((results / paradigm / "policy" / "tuned-static.json").read_text())
-        assert len(tuned["grid"]) == 2 and tuned["chosen"] in tuned["grid"]
+        assert tuned["chosen"] in tuned["grid"]
         assert tuned["chosen"]["fid_train"] == min(row["fid_train"] for row in tuned["grid"])
         tuned_metrics = json.loads((results / paradigm / "metrics" / "tuned-static.json").read_text())
         assert tuned_metrics["settings"] == tuned["sampling"] and tuned_metrics["nfe"] == static["nfe"]
+        assert metrics["settings"] == tuned["sampling"]  # the policy's zero output is the tuned schedule
+        # Equal labels and noise for every variant: the paired ratios of the summary are defined.
+        for variant in VARIANTS:
+            samples = np.load(results / paradigm / "samples" / f"{variant}.npz")
+            static_labels = np.load(results / paradigm / "samples" / "static.npz")["labels"]
+            assert samples["labels"].tolist() == static_labels.tolist()
+
+
+def test_the_ablations_target_trains_learned_static_and_fixed_reward_policies(finished_smoke_run):
+    project, _ = finished_smoke_run
+    run(["snakemake", "--configfile", "params/smoke.yaml", "--cores", "2", "ablations"], project)
+    results = project / "results" / "smoke"
+    for paradigm in PARADIGMS:
+        for variant in ("learned-static", "fixed-reward"):
+            info = json.loads((results / paradigm / "policy" / f"{variant}.json").read_text())
+            assert len(info["history"]) == 2 and all(0 < entry["reward"] < 1 for entry in info["history"])
+            metrics = json.loads((results / paradigm / "metrics" / f"{variant}.json").read_text())
+            assert metrics["variant"] == variant and metrics["n_samples"] == SAMPLES

@@ -127,17 +127,42 @@ def train_reward_backbone(params_path: Path, dry_run: bool) -> None:
                stages.train_reward_backbone)
 
 
+def train_job(params_path: Path, paradigm: str, variant: str) -> None:
+    """The work of `adagen train`, as the submitit job runs it (a module-level function: picklable)."""
+    _run_stage("train", params_path, False, lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)],
+               lambda params, paths, run: stages.train_policy(params, paths, run, paradigm, variant),
+               paradigm=paradigm, variant=variant)
+
+
 @main.command("train")
 @params_option
 @paradigm_option
 @click.option("--variant", default="adaptive", type=click.Choice(stages.POLICY_VARIANTS),
-              help="adaptive: the AdaGen policy; learned-static: the same training with the state zeroed.")
+              help="adaptive: the AdaGen policy; learned-static: the same training with the state zeroed; "
+                   "fixed-reward: against the frozen classifier's confidence instead of the discriminator.")
 @dry_run_option
 def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
-    """AdaGen: train the policy with PPO against a discriminator trained jointly (resumes if interrupted)."""
-    _run_stage("train", params_path, dry_run, lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)],
-               lambda params, paths, run: stages.train_policy(params, paths, run, paradigm, variant),
-               paradigm=paradigm, variant=variant)
+    """AdaGen: train the policy with PPO against a discriminator trained jointly (resumes if interrupted).
+    Runs as a submitit job (params `launch`: local process, in-process debug, or SLURM) and waits for it."""
+    if dry_run:
+        _run_stage("train", params_path, True,
+                   lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)], None,
+                   paradigm=paradigm, variant=variant)
+        return
+    try:
+        params = load_params(params_path)
+    except ParamsError as error:
+        raise click.ClickException(str(error)) from error
+    paths = Paths.for_params_file(params_path)
+    if paradigm not in params["paradigms"]:
+        raise click.ClickException(f"{params_path}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
+    from adagen.launch import JobFailed, run_job
+
+    try:
+        run_job(train_job, params_path, paradigm, variant, launch=params["launch"],
+                folder=paths.submitit_dir / f"train-{paradigm}-{variant}", name=f"adagen-train-{paradigm}-{variant}")
+    except JobFailed as error:
+        raise click.ClickException(str(error)) from error
 
 
 @main.command("sample")

@@ -264,6 +264,16 @@ class Paths:
         return self.results_dir / paradigm / "metrics" / f"{variant}.json"
 
     @property
+    def submitit_dir(self) -> Path:
+        return Path("logs") / self.set_name / "submitit"
+
+    def schedules_plot(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "schedules.png"
+
+    def training_plot(self, paradigm: str, variant: str) -> Path:
+        return self.results_dir / paradigm / f"training-{variant}.png"
+
+    @property
     def summary_csv(self) -> Path:
         return self.results_dir / "summary.csv"
 

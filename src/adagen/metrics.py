@@ -389,7 +389,8 @@ def _weights_path(evaluator_params: Mapping[str, Any], evaluator_path: str | os.
     """File the feature network loads: a trained network's checkpoint, or the configured Inception weights."""
     if evaluator_params["kind"] != "inception":
         if evaluator_path is None:
-            raise ValueError(f"kind {evaluator_params['kind']!r} needs evaluator_path (the trained network's checkpoint)")
+            raise ValueError(f"kind {evaluator_params['kind']!r} needs evaluator_path "
+                             "(the trained network's checkpoint)")
         return str(evaluator_path)
     if evaluator_params.get("weights_path") is None:
         # torch-fidelity would otherwise try to download the weights; the clusters are offline.
@@ -597,13 +598,18 @@ def held_out_fid(
     evaluator_params: Mapping[str, Any],
     metrics_params: Mapping[str, Any],
     evaluator_path: str | os.PathLike | None,
+    scratch_dir: str | os.PathLike | None = None,
 ) -> float:
-    """FID against another reference (no cache): for choices such as the tuned-static schedule, which are
-    judged on the train split so that the val split stays untouched for the reported figures."""
+    """FID against another reference: for choices such as the tuned-static schedule, which are judged on the
+    train split so that the val split stays untouched for the reported figures.
+
+    `scratch_dir` (a directory the caller owns for one reference set, e.g. a temporary one) keeps the
+    reference features between calls, so a search that scores many candidates extracts them once.
+    """
     _check_images("images", images)
     _check_images("reference_images", reference_images)
-    result = _against_reference(images, reference_images, evaluator_params, metrics_params, evaluator_path, None,
-                                fid=True)
+    result = _against_reference(images, reference_images, evaluator_params, metrics_params, evaluator_path,
+                                scratch_dir, fid=True)
     return float(result[torch_fidelity.KEY_METRIC_FID])
 
 

@@ -10,6 +10,7 @@ import csv
 import functools
 import io as text_io
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from adagen.metrics import (
 )
 from adagen.policy.actions import ActionMap
 from adagen.policy.agent import AdaptivePolicy
+from adagen.plots import plot_schedules, plot_training
 from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
 from adagen.reward.backbone import (
@@ -41,8 +43,9 @@ from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
 from adagen.tuning import coordinate_search
 
-VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward")  # sampling variants; `variants` in params picks the reported ones
-POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")  # those that sample with a trained policy
+# Sampling variants (`variants` in params picks the reported ones) and those that sample with a trained policy.
+VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward")
+POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")
 SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
                    "n_samples", "seconds")
 
@@ -192,16 +195,18 @@ def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dic
     make_generator = generator_factory(paths, paradigm)
     progress = tqdm(desc=f"tune-static {paradigm}", unit="cell")
 
-    def score(cell: dict) -> float:
+    def score(cell: dict, scratch: str) -> float:
         images = sample_images(make_generator({**base, **cell}), labels, seed=tuning["seed"],
                                batch_size=params["sample"]["batch_size"], progress=False)["images"]
         fid = held_out_fid(images, dataset.train_images, params["evaluator"], params["metrics"],
-                           require(paths.evaluator, "train-evaluator"))
+                           require(paths.evaluator, "train-evaluator"), scratch)
         progress.update()
         run.log_metrics({"fid_train": fid}, progress.n)
         return fid
 
-    rows = coordinate_search(tuning["grids"].get(paradigm, {}), base, score, sweeps=tuning["sweeps"])
+    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
+        rows = coordinate_search(tuning["grids"].get(paradigm, {}), base, lambda cell: score(cell, scratch),
+                                 sweeps=tuning["sweeps"])
     progress.close()
     rows = [{**{key: value for key, value in row.items() if key != "score"}, "fid_train": row["score"]} for row in rows]
     chosen = min(rows, key=lambda row: row["fid_train"])
@@ -233,19 +238,22 @@ def train_reward_backbone(params: dict, paths: Paths, run: StageRun) -> dict:
     return info
 
 
-def _probe(params: dict, paths: Paths, generator, train_images: np.ndarray):
+def _probe(params: dict, paths: Paths, generator, train_images: np.ndarray, scratch_dir: str):
     """The checkpoint-selection probe of AdaGen training: samples of the deterministic policy on fixed seeds,
-    scored by FID in the reward backbone's features against the train split (the selection signal, never the
-    reported metric); FID in the evaluator's features against the train split is logged beside it."""
+    scored by FID against the train split in `adagen.selection.features` (the reward backbone's by default: not
+    the reported metric's network); FID in the other feature space is logged beside it."""
     selection, num_classes = params["adagen"]["selection"], load_json(paths.dataset_info)["num_classes"]
     labels = class_balanced_labels(selection["n_samples"], num_classes)
+    spaces = {"reward-backbone": ({"kind": "reward-backbone"}, require(paths.reward_backbone, "train-reward-backbone")),
+              "evaluator": (params["evaluator"], require(paths.evaluator, "train-evaluator"))}
 
     def probe(policy: AdaptivePolicy) -> dict[str, float]:
         images = sample_images(generator, labels, seed=selection["seed"], batch_size=params["sample"]["batch_size"],
                                policy=policy, progress=False)["images"]
-        score = held_out_fid(images, train_images, {"kind": "reward-backbone"}, params["metrics"], paths.reward_backbone)
-        evaluator_fid = held_out_fid(images, train_images, params["evaluator"], params["metrics"], paths.evaluator)
-        return {"score": score, "fid_backbone_train": score, "fid_evaluator_train": evaluator_fid}
+        fids = {f"fid_{name}_train": held_out_fid(images, train_images, evaluator, params["metrics"], path,
+                                                  Path(scratch_dir) / name)
+                for name, (evaluator, path) in spaces.items()}
+        return {"score": fids[f"fid_{selection['features']}_train"], **fids}
 
     return probe
 
@@ -276,13 +284,14 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
                                "backbone": sha256_of_file(paths.reward_backbone), **adagen,
                                "start": start})
     settings = PPOSettings(**dict(adagen["ppo"], std_decay_at=tuple(adagen["ppo"]["std_decay_at"])))
-    summary = train_adagen(generator, ActionMap(generator, smoothing), policy, critic, discriminator,
-                           dataset.train_images, dataset.train_labels, settings,
-                           checkpoint_path=paths.policy_checkpoint(paradigm, variant), fingerprint=fingerprint,
-                           zero_state=variant == "learned-static",
-                           reward_fn=classifier_confidence(backbone) if variant == "fixed-reward" else None,
-                           probe=_probe(params, paths, generator, dataset.train_images),
-                           probe_every=adagen["selection"]["every"], report=run.log_metrics)
+    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
+        summary = train_adagen(generator, ActionMap(generator, smoothing), policy, critic, discriminator,
+                               dataset.train_images, dataset.train_labels, settings,
+                               checkpoint_path=paths.policy_checkpoint(paradigm, variant), fingerprint=fingerprint,
+                               zero_state=variant == "learned-static",
+                               reward_fn=classifier_confidence(backbone) if variant == "fixed-reward" else None,
+                               probe=_probe(params, paths, generator, dataset.train_images, scratch),
+                               probe_every=adagen["selection"]["every"], report=run.log_metrics)
     heads = {key: value for key, value in discriminator.state_dict().items() if not key.startswith("backbone.")}
     save_checkpoint(paths.policy(paradigm, variant), {
         "variant": variant, "sampling": start, "smoothing": smoothing, "discriminator": heads,
@@ -301,7 +310,8 @@ def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator):
     """None for the static schedule; the trained policy's deterministic actions otherwise."""
     if variant not in POLICY_VARIANTS:
         return None
-    saved = load_checkpoint(require(paths.policy(paradigm, variant), f"train --paradigm {paradigm} --variant {variant}"))
+    made_by = f"train --paradigm {paradigm} --variant {variant}"
+    saved = load_checkpoint(require(paths.policy(paradigm, variant), made_by))
     return AdaptivePolicy(load_policy(saved["policy"]), ActionMap(generator, saved["smoothing"]),
                           zero_state=variant == "learned-static")
 
@@ -328,7 +338,8 @@ def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: st
     runs = [sample_images(generator, labels, seed=seed, batch_size=section["batch_size"], policy=policy)
             for seed in section["seeds"]]
     images = np.concatenate([result["images"] for result in runs])
-    actions = {f"action_{name}": np.concatenate([result["actions"][name] for result in runs]) for name in runs[0]["actions"]}
+    actions = {f"action_{name}": np.concatenate([result["actions"][name] for result in runs])
+               for name in runs[0]["actions"]}
     seconds = sum(result["seconds"] for result in runs)
     nfe, forwards = runs[0]["nfe"], runs[0]["forwards"]
     save_npz(paths.samples(paradigm, variant), images=images, labels=np.tile(labels, len(runs)),
@@ -358,7 +369,8 @@ def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: 
     summary = {}
     for key in SEED_METRICS:
         values = np.array([scores[key] for scores in per_seed])
-        summary[key], summary[f"{key}_spread"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[key] = float(values.mean())
+        summary[f"{key}_spread"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     payload = {
         **summary, "paradigm": paradigm, "variant": variant, "seeds": len(per_seed),
         "n_samples": int(len(samples["images"])), "nfe": int(samples["nfe"]), "forwards": int(samples["forwards"]),
@@ -377,8 +389,50 @@ def _format(value) -> str:
     return str(value)
 
 
+# The issue's targets for AdaGen: FID ratio of adaptive to each baseline, per evaluation seed (paired samples).
+GAIN_TARGETS = {"static": 0.6, "tuned-static": 0.9, "learned-static": 1.0, "fixed-reward": 1.0}
+
+
+def paired_gains(params: dict, paths: Paths) -> list[dict]:
+    """adaptive FID / baseline FID per evaluation seed (same labels and noise: common random numbers), mean and
+    spread over the seeds, for every baseline among the reported variants."""
+    rows = []
+    if "adaptive" not in params["variants"]:
+        return rows
+    for paradigm in params["paradigms"]:
+        adaptive = {row["seed"]: row["fid"] for row in load_json(paths.metrics(paradigm, "adaptive"))["per_seed"]}
+        for baseline in (v for v in params["variants"] if v in GAIN_TARGETS):
+            other = {row["seed"]: row["fid"] for row in load_json(paths.metrics(paradigm, baseline))["per_seed"]}
+            ratios = np.array([adaptive[seed] / other[seed] for seed in adaptive])
+            rows.append({"paradigm": paradigm, "baseline": baseline, "ratio": float(ratios.mean()),
+                         "ratio_spread": float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0,
+                         "target": GAIN_TARGETS[baseline], "met": bool(ratios.mean() <= GAIN_TARGETS[baseline])})
+    return rows
+
+
+def _figures(params: dict, paths: Paths) -> list[str]:
+    """The schedules applied per variant and the training curves of each policy, as Markdown image lines."""
+    lines = []
+    for paradigm in params["paradigms"]:
+        actions = {}
+        for variant in params["variants"]:
+            samples = load_npz(paths.samples(paradigm, variant))
+            actions[variant] = {key.removeprefix("action_"): samples[key] for key in samples
+                                if key.startswith("action_")}
+        plot_schedules(paths.schedules_plot(paradigm), f"{paradigm}: actions per step (mean +- std over samples)",
+                       actions)
+        lines.append(f"![{paradigm} schedules]({paths.schedules_plot(paradigm).relative_to(paths.results_dir)})\n")
+        for variant in (v for v in params["variants"] if v in POLICY_VARIANTS):
+            plot_training(paths.training_plot(paradigm, variant), f"{paradigm} {variant}",
+                          load_json(paths.policy_info(paradigm, variant)))
+            image = paths.training_plot(paradigm, variant).relative_to(paths.results_dir)
+            lines.append(f"![{paradigm} {variant} training]({image})\n")
+    return lines
+
+
 def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
-    """summary.csv and summary.md: one row per paradigm and variant, the sanity figures and stage times."""
+    """summary.csv and summary.md: one row per paradigm and variant (mean and spread over the evaluation seeds),
+    the paired gains of the adaptive policy, sanity figures, stage times, schedule plots and sample grids."""
     rows = []
     for paradigm in params["paradigms"]:
         for variant in params["variants"]:
@@ -392,9 +446,19 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
         tmp.write_text(buffer.getvalue())
 
     refstats_info = load_json(require(paths.refstats_info, "refstats"))
+    seeds = len(params["sample"]["seeds"])
     lines = [f"# adagen summary: params set `{paths.set_name}`", "",
+             f"Every variant of a paradigm is sampled with the same labels and initial noise (common random numbers), "
+             f"{params['sample']['n_samples']} samples per seed, {seeds} seeds; FID is mean +- standard deviation "
+             "over the seeds.", "",
              "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(_format(row[c]) for c in SUMMARY_COLUMNS) + " |" for row in rows]
+    gains = paired_gains(params, paths)
+    if gains:
+        lines += ["", "## Adaptive vs baselines (FID ratio per seed, paired)", "",
+                  "| paradigm | baseline | adaptive / baseline | spread | target | met |", "|---|---|---|---|---|---|"]
+        lines += [f"| {g['paradigm']} | {g['baseline']} | {g['ratio']:.3f} | {g['ratio_spread']:.3f} | "
+                  f"<= {g['target']} | {'yes' if g['met'] else 'no'} |" for g in gains]
     sanity = refstats_info["sanity"]
     lines += ["", "Sanity figures of the feature network (FID against the val split): "
               f"train split {sanity['fid_train_vs_val']:.3g} (floor: real vs real), "
@@ -402,7 +466,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
               "| stage | seconds |", "|---|---|"]
     for stage, seconds in stage_times(params, paths).items():
         lines.append(f"| {stage} | {seconds:.1f} |")
-    lines += ["", "## Samples", ""]
+    lines += ["", "## Schedules and training", "", *_figures(params, paths), "## Samples", ""]
     for paradigm in params["paradigms"]:
         for variant in params["variants"]:
             grid = paths.grid(paradigm, variant).relative_to(paths.results_dir)
@@ -411,6 +475,8 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
         tmp.write_text("\n".join(lines) + "\n")
     run.log_artifact(paths.summary_csv)
     run.log_artifact(paths.summary_md)
+    for paradigm in params["paradigms"]:
+        run.log_artifact(paths.schedules_plot(paradigm))
     return rows
 
 

@@ -5,6 +5,8 @@ rule report:
     input:
         metrics=expand(str(PATHS.metrics("{paradigm}", "{variant}")), paradigm=config["paradigms"],
                        variant=config["variants"]),
+        samples=expand(str(PATHS.samples("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+                       variant=config["variants"]),
         grids=expand(str(PATHS.grid("{paradigm}", "{variant}")), paradigm=config["paradigms"],
                      variant=config["variants"]),
         policies=expand(str(PATHS.policy_info("{paradigm}", "{variant}")), paradigm=config["paradigms"],
@@ -18,6 +20,9 @@ rule report:
     output:
         csv=str(PATHS.summary_csv),
         md=str(PATHS.summary_md),
+        schedules=expand(str(PATHS.schedules_plot("{paradigm}")), paradigm=config["paradigms"]),
+        training=expand(str(PATHS.training_plot("{paradigm}", "{variant}")), paradigm=config["paradigms"],
+                        variant=[v for v in config["variants"] if v in POLICY_VARIANTS]),
     log:
         f"{LOGS}/report.log",
     shell:

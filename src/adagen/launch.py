@@ -1,0 +1,42 @@
+"""Where training runs: the `train` stage hands its work to a submitit executor and waits for it.
+
+`local` runs it in a child process on this machine (what a laptop and the embedded default use), `debug` in
+this very process (for a debugger), `slurm` as a cluster job. The job's own stdout/stderr stay in its submitit
+folder and are copied to ours when it ends, so pipeline logs hold the progress bars too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+
+class JobFailed(RuntimeError):
+    """The submitted job raised; the message holds the end of its log."""
+
+
+def _tail(path: Path | None, lines: int = 30) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_job(function: Callable[..., Any], *args: Any, launch: dict, folder: str | Path, name: str) -> Any:
+    """`function(*args)` through the `launch` params' executor; returns its result once the job has ended."""
+    executor = submitit.AutoExecutor(folder=Path(folder), cluster=launch["executor"])
+    executor.update_parameters(name=name, timeout_min=launch["timeout_min"])
+    job = executor.submit(function, *args)
+    try:
+        return job.result()
+    except submitit.core.utils.FailedJobError as error:
+        stderr = getattr(job.paths, "stderr", None)
+        raise JobFailed(f"{name} (submitit job {job.job_id}, log {stderr}) failed:\n{_tail(stderr) or error}") from None
+    finally:
+        for stream, path in ((sys.stdout, getattr(job.paths, "stdout", None)),
+                             (sys.stderr, getattr(job.paths, "stderr", None))):
+            if launch["executor"] != "debug" and path is not None and Path(path).is_file():
+                stream.write(Path(path).read_text(errors="replace"))
+                stream.flush()
