@@ -76,7 +76,10 @@ def test_outputs_of_every_stage(finished_smoke_run):
     samples = np.load(results / "dit" / "samples" / "static.npz")
     assert samples["images"].dtype == np.uint8 and samples["images"].shape == (SAMPLES, 1, 16, 16)
     assert samples["seeds"].tolist() == [0] * 40 + [1000] * 40
-    assert samples["action_cfg"].shape == (SAMPLES, 4)  # the schedule as applied, per sample and step
+    # The schedule as applied, per sample and decision, the same decisions for every variant.
+    adaptive = np.load(results / "dit" / "samples" / "adaptive.npz")
+    assert samples["action_cfg"].ndim == 2 and samples["action_cfg"].shape == adaptive["action_cfg"].shape
+    assert samples["action_cfg"].shape[0] == SAMPLES and np.ptp(samples["action_cfg"], axis=0).max() == 0
     assert (results / "dit" / "samples" / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((results / "dit" / "metrics" / "static.json").read_text())
     assert {"fid", "fid_spread", "isc", "kid", "precision", "recall", "n_samples", "nfe", "forwards",
@@ -229,20 +232,20 @@ def test_the_default_target_trains_a_policy_per_paradigm_from_the_tuned_schedule
         assert info["selected_iteration"] == best["iteration"]
         assert (project / "logs" / "smoke" / "submitit" / f"train-{paradigm}-adaptive").is_dir()
         metrics = json.loads((results / paradigm / "metrics" / "adaptive.json").read_text())
-        static = json.loads((results / paradigm / "metrics" / "static.json").read_text())
-        assert metrics["variant"] == "adaptive" and metrics["nfe"] == static["nfe"]  # equal NFE
+        # Equal NFE (the static variant of MaskGIT may have been resampled at 3 steps by the DVC test).
+        assert metrics["variant"] == "adaptive" and metrics["nfe"] == SMOKE_NFE[paradigm]
         assert not (results / paradigm / "policy" / "training-state-adaptive.pt").exists()
         tuned = json.loads((results / paradigm / "policy" / "tuned-static.json").read_text())
         assert tuned["chosen"] in tuned["grid"]
         assert tuned["chosen"]["fid_train"] == min(row["fid_train"] for row in tuned["grid"])
         tuned_metrics = json.loads((results / paradigm / "metrics" / "tuned-static.json").read_text())
-        assert tuned_metrics["settings"] == tuned["sampling"] and tuned_metrics["nfe"] == static["nfe"]
+        assert tuned_metrics["settings"] == tuned["sampling"] and tuned_metrics["nfe"] == SMOKE_NFE[paradigm]
         assert metrics["settings"] == tuned["sampling"]  # the policy's zero output is the tuned schedule
         # Equal labels and noise for every variant: the paired ratios of the summary are defined.
+        tuned_labels = np.load(results / paradigm / "samples" / "tuned-static.npz")["labels"]
         for variant in VARIANTS:
             samples = np.load(results / paradigm / "samples" / f"{variant}.npz")
-            static_labels = np.load(results / paradigm / "samples" / "static.npz")["labels"]
-            assert samples["labels"].tolist() == static_labels.tolist()
+            assert samples["labels"].tolist() == tuned_labels.tolist()
 
 
 def test_the_ablations_target_trains_learned_static_and_fixed_reward_policies(finished_smoke_run):

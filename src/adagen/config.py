@@ -85,15 +85,19 @@ def _cross_key_problems(params: dict) -> list[str]:
             if key not in sampling:
                 problems.append(f"adagen.tuning.grids.{paradigm}.{key}: not a sampling key of {paradigm} "
                                 f"({', '.join(sorted(sampling))})")
-    # Noise seed ranges [seed, seed + n) of the evaluation runs and the tuning search must not share samples.
+    # Noise seed ranges [seed, seed + n) of the evaluation runs, the tuning search and the selection probes
+    # must not share samples.
     sample = params["sample"]
-    ranges = [(f"sample.seeds: noise seeds of run {i}", seed, sample["n_samples"])
+    ranges = [(f"sample.seeds: evaluation run {i}", seed, sample["n_samples"])
               for i, seed in enumerate(sample["seeds"])]
-    ranges.append(("adagen.tuning.seed: the search", adagen["tuning"]["seed"], adagen["tuning"]["n_samples"]))
-    ranges.append(("adagen.selection.seed: the probes", adagen["selection"]["seed"], adagen["selection"]["n_samples"]))
+    ranges.append(("adagen.tuning.seed: the tuned-static search", adagen["tuning"]["seed"],
+                   adagen["tuning"]["n_samples"]))
+    ranges.append(("adagen.selection.seed: the selection probes", adagen["selection"]["seed"],
+                   adagen["selection"]["n_samples"]))
     for (name_a, a, n_a), (name_b, b, n_b) in itertools.combinations(ranges, 2):
         if a < b + n_b and b < a + n_a:
-            problems.append(f"{name_a} and {name_b.split(': ', 1)[1]} overlap ([{a}, {a + n_a}) vs [{b}, {b + n_b}))")
+            problems.append(f"{name_a} and {name_b.split(': ', 1)[1]} use the same noise seeds "
+                            f"([{a}, {a + n_a}) and [{b}, {b + n_b}))")
     backbone = adagen["reward_backbone"]["network"]
     if max(adagen["discriminator"]["block_indices"]) >= backbone["depth"]:
         problems.append(f"adagen.discriminator.block_indices: the backbone has {backbone['depth']} blocks")
