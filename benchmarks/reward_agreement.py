@@ -1,10 +1,11 @@
 """Does the adversarial reward rank schedules as FID does? The check to pass before training a policy.
 
-For one paradigm, takes the tuned-static grid of a finished `snakemake adaptive` run (every cell's FID against
+For one paradigm, takes the tuned-static cells of a finished `snakemake all` run (every cell's FID against
 the train split is in `results/<set>/<paradigm>/policy/tuned-static.json`), samples every cell again, trains a
 fresh discriminator on the reward backbone against all cells' samples mixed (as the policy's discriminator sees a
 spread of schedules), then scores fresh samples of each cell by mean reward. Prints the table and the Spearman
-rank correlation between mean reward and -FID (1: the reward orders the schedules exactly as FID does).
+rank correlation between mean reward and -FID (1: the reward orders the schedules exactly as FID does), and
+the same against FID in the reward backbone's own features.
 
     python benchmarks/reward_agreement.py --params params/default.yaml --paradigm dit
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from adagen.config import Paths, load_params
 from adagen.data import load_dataset
 from adagen.io import load_checkpoint, load_json
+from adagen.metrics import held_out_fid
 from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config, discriminator_loss
 from adagen.sampling import class_balanced_labels, sample_images
@@ -73,16 +75,23 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    rewards = []
+    rewards, backbone_fids = [], []
     for images in fakes["score"]:
         batch = torch.from_numpy(images).float() / 255.0
         rewards.append(discriminator.reward(batch, torch.from_numpy(labels)).mean().item())
-    print(f"{'cell':<40} {'FID (train split)':>18} {'mean reward':>12}")
-    for cell, reward in zip(grid, rewards):
+        # The same samples' FID in the reward backbone's own features: does the reward follow its feature space?
+        backbone_fids.append(held_out_fid(images, dataset.train_images, {"kind": "reward-backbone"},
+                                          params["metrics"], paths.reward_backbone))
+    print(f"{'cell':<56} {'FID evaluator':>14} {'FID backbone':>13} {'mean reward':>12}")
+    for cell, reward, backbone_fid in zip(grid, rewards, backbone_fids):
         name = ", ".join(f"{key}={value}" for key, value in cell.items() if key != "fid_train")
-        print(f"{name:<40} {cell['fid_train']:>18.3f} {reward:>12.4f}")
-    rho = spearmanr(rewards, [-cell["fid_train"] for cell in grid]).statistic
-    print(f"Spearman(mean reward, -FID) over {len(grid)} cells: {rho:.3f}")
+        print(f"{name:<56} {cell['fid_train']:>14.3f} {backbone_fid:>13.3f} {reward:>12.4f}")
+    evaluator_fids = [cell["fid_train"] for cell in grid]
+    print(f"over {len(grid)} cells (FID against the train split; evaluator FID from the tune-static search):")
+    print(f"  Spearman(mean reward, -FID evaluator) = {spearmanr(rewards, [-f for f in evaluator_fids]).statistic:.3f}"
+          "   <- the check (>= 0.8 wanted)")
+    print(f"  Spearman(mean reward, -FID backbone)  = {spearmanr(rewards, [-f for f in backbone_fids]).statistic:.3f}")
+    print(f"  Spearman(FID backbone, FID evaluator) = {spearmanr(backbone_fids, evaluator_fids).statistic:.3f}")
 
 
 if __name__ == "__main__":

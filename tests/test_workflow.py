@@ -11,9 +11,9 @@ import yaml
 from conftest import REPO
 
 
-def snakemake_jobs(workdir, *extra, inputs: bool = False) -> dict[str, set[str]]:
-    """{shell command without its log redirection: outputs (or inputs)} from a forced dry run."""
-    command = ["snakemake", "-n", "-p", "--nolock", "--forceall", "--cores", "1", *extra, "all"]
+def snakemake_jobs(workdir, *targets, inputs: bool = False) -> dict[str, set[str]]:
+    """{shell command without its log redirection: outputs (or inputs)} from a forced dry run of `targets`."""
+    command = ["snakemake", "-n", "-p", "--nolock", "--forceall", "--cores", "1", *(targets or ["all"])]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=True)
     jobs, paths, key = {}, set(), "input:" if inputs else "output:"
     for line in result.stdout.splitlines():
@@ -35,11 +35,11 @@ def dvc_stages(workdir) -> dict[str, set[str]]:
 
 
 def test_snakemake_and_dvc_agree_on_commands_and_outputs():
-    snakemake = snakemake_jobs(REPO)
+    snakemake = snakemake_jobs(REPO, "all", "ablations")
     dvc = dvc_stages(REPO)
-    # data, evaluator, refstats, reward backbone, report + 2 tokenizers + pretrain, tune-static, train x 4
-    # paradigms + sample, evaluate x 4 paradigms x 3 variants
-    assert len(snakemake) == 5 + 2 + 3 * 4 + 2 * 4 * 3
+    # data, evaluator, refstats, reward backbone, report + 2 tokenizers + pretrain, tune-static x 4 paradigms
+    # + train x 4 paradigms x 3 policies + sample, evaluate x 4 paradigms x 5 variants
+    assert len(snakemake) == 5 + 2 + 2 * 4 + 3 * 4 + 2 * 4 * 5
     assert snakemake.keys() == dvc.keys()
     for command, outputs in snakemake.items():
         assert outputs == dvc[command], command
@@ -71,7 +71,7 @@ def test_dvc_report_has_the_inputs_of_the_snakemake_report():
     """DVC's report stage lists its deps one by one; they must be what Snakemake's report rule reads."""
     from dvc.repo import Repo
 
-    snakemake = snakemake_jobs(REPO, inputs=True)["adagen report --params params/default.yaml"]
+    snakemake = snakemake_jobs(REPO, "all", inputs=True)["adagen report --params params/default.yaml"]
     with Repo(str(REPO)) as repo:
         report = next(stage for stage in repo.index.stages if stage.cmd.startswith("adagen report"))
         deps = {dep.def_path for dep in report.deps}
