@@ -212,6 +212,38 @@ def info() -> None:
         click.echo(f"{paradigm:<9} {setting:<25} {count:>15,d}  ({count / 1e6:.1f}M)")
 
 
+@main.command("fetch")
+@click.argument("names", nargs=-1, metavar="ASSET...")
+@click.option("--to", "folder", default="assets", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the files go to.")
+@click.option("--mirror", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Folder holding the assets' files under their registry names (offline clusters); used first.")
+@click.option("--local", "local_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A local file for the one asset named (replaces its URL).")
+@click.option("--list", "list_only", is_flag=True, help="List the registry and exit.")
+def fetch(names: tuple[str, ...], folder: Path, mirror: Path | None, local_path: Path | None, list_only: bool) -> None:
+    """Download (resumably, verified) or copy full-scale assets: generators, VAEs, backbones, released policies."""
+    from adagen.assets import fetch as fetch_asset, load_registry
+    from adagen.io import DownloadError
+
+    registry = load_registry()
+    if list_only or not names:
+        for asset in registry.values():
+            click.echo(f"{asset.name:<24} {asset.license:<14} {asset.filename}")
+        return
+    unknown = sorted(set(names) - set(registry))
+    if unknown:
+        raise click.ClickException(f"unknown asset(s) {unknown}; known: {sorted(registry)}")
+    if local_path is not None and len(names) != 1:
+        raise click.ClickException("--local names one file: give exactly one asset with it")
+    for name in names:
+        try:
+            path = fetch_asset(registry[name], folder, mirror=mirror, local=local_path, say=click.echo)
+        except DownloadError as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(f"{name}: {path}")
+
+
 @main.command("validate")
 @params_option
 def validate(params_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Files that are either complete or absent: atomic writes, safe checkpoint loading.
+"""Files that are either complete or absent: atomic writes, verified downloads, safe checkpoint loading.
 
 Every artifact of the pipeline is written to a temporary file in its destination folder and renamed into
 place, so a killed stage never leaves a half-written file where a complete one is expected (Snakemake and
@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import shutil
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 @contextlib.contextmanager
@@ -89,3 +96,86 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class DownloadError(RuntimeError):
+    """A download that could not produce a verified file (the message names the file and the reason)."""
+
+
+def _verify(path: Path, *, size: int | None, sha256: str | None, name: str) -> str:
+    """The file's sha256 after checking size and hash against what is expected (either may be unknown)."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise DownloadError(f"{name}: expected {size} bytes, got {actual_size}")
+    digest = sha256_of_file(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise DownloadError(f"{name}: sha256 mismatch, expected {sha256.lower()}, got {digest}")
+    return digest
+
+
+def download(url: str, destination: str | os.PathLike, *, size: int | None = None, sha256: str | None = None,
+             retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0, chunk_size: int = 1 << 20,
+             progress: bool = True) -> str:
+    """Fetch `url` to `destination`, verified, and return its sha256.
+
+    Bytes go to `.<name>.part` beside the destination; a dropped connection or a read timeout is retried with
+    exponential backoff and resumes from the bytes already there (HTTP Range; a server that ignores Range
+    restarts from zero). Only a complete file whose size and sha256 match (each when given) is renamed onto
+    `destination`; a mismatch or an HTTP error other than a transient one deletes the partial file and raises
+    `DownloadError` naming the file. An existing destination is verified, not fetched again. `url` may be a
+    local path or `file://` URL (a mirror), copied the same way.
+    """
+    destination = Path(destination)
+    name = destination.name
+    if destination.is_file():
+        return _verify(destination, size=size, sha256=sha256, name=str(destination))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{name}.part")
+
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("", "file"):
+        source = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme else url)
+        if not source.is_file():
+            raise DownloadError(f"{name}: no such file {source}")
+        shutil.copyfile(source, partial)
+    else:
+        transient = (urllib.error.URLError, http.client.HTTPException, OSError)  # OSError: resets, timeouts
+        for attempt in range(retries + 1):
+            offset = partial.stat().st_size if partial.exists() else 0
+            request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    if offset and response.status != 206:  # Range ignored: the body is the whole file
+                        offset = 0
+                    length = response.headers.get("Content-Length")
+                    total = offset + int(length) if length is not None else size
+                    with open(partial, "ab" if offset else "wb") as handle, tqdm(
+                            total=total, initial=offset, unit="B", unit_scale=True, desc=name,
+                            disable=not progress) as bar:
+                        # read1: whatever has arrived, so a read timeout loses no bytes already received
+                        while chunk := response.read1(chunk_size):
+                            handle.write(chunk)
+                            bar.update(len(chunk))
+                    if total is not None and partial.stat().st_size < total:
+                        raise ConnectionError(f"connection closed at {partial.stat().st_size} of {total} bytes")
+                break
+            except urllib.error.HTTPError as error:
+                if error.code == 416 and offset:  # nothing left past our offset: the partial file is complete
+                    break
+                if error.code < 500 and error.code not in (408, 429):
+                    partial.unlink(missing_ok=True)
+                    raise DownloadError(f"{name}: HTTP {error.code} {error.reason} from {url}") from error
+                failure: Exception = error
+            except transient as error:
+                failure = error
+            if attempt == retries:
+                partial.unlink(missing_ok=True)
+                raise DownloadError(f"{name}: failed after {retries + 1} attempts from {url}: {failure}") from failure
+            time.sleep(min(backoff_s * 2**attempt, 60.0))
+    try:
+        digest = _verify(partial, size=size, sha256=sha256, name=name)
+    except DownloadError:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, destination)
+    return digest
