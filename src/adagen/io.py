@@ -80,6 +80,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class CheckpointMismatch(ValueError):
+    """A weights file whose keys or shapes do not fit the network it is loaded into."""
+
+
+def load_weights(path: str | os.PathLike, network: torch.nn.Module,
+                 unwrap: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
+    """Load an official (or our) weights file into `network`, strictly, with `weights_only=True`.
+
+    Official files are plain state dicts or wrap one under a key (DiT/SiT training checkpoints keep the EMA
+    weights under "ema"); the first of `unwrap` present is taken. A mismatch raises `CheckpointMismatch` naming
+    the file and the first missing, unexpected and mis-shaped keys instead of torch's wall of text.
+    """
+    state = load_checkpoint(path)
+    for key in unwrap:
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshaped = [f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}" for key, value in expected.items()
+                 if key in state and tuple(state[key].shape) != tuple(value.shape)]
+    if missing or unexpected or misshaped:
+        problems = [f"{label} ({len(keys)}): {keys[:5]}" for label, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)) if keys]
+        raise CheckpointMismatch(f"{path} does not fit {type(network).__name__}: " + "; ".join(problems))
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
 def sha256_of_arrays(*arrays: np.ndarray) -> str:
     """Content hash of arrays: dtype, shape and bytes, independent of how they were stored."""
     digest = hashlib.sha256()
