@@ -259,3 +259,69 @@ def test_the_ablations_target_trains_learned_static_and_fixed_reward_policies(fi
             assert len(info["history"]) == 2 and all(0 < entry["reward"] < 1 for entry in info["history"])
             metrics = json.loads((results / paradigm / "metrics" / f"{variant}.json").read_text())
             assert metrics["variant"] == variant and metrics["n_samples"] == SAMPLES
+
+
+@pytest.mark.parametrize("paradigm", PARADIGMS)
+def test_sample_command_on_a_finished_pipeline(finished_smoke_run, paradigm, tmp_path):
+    """`adagen sample --out/--grid/--png-dir` from the artifacts alone; the stage's samples stay untouched."""
+    project, _ = finished_smoke_run
+    stage_samples = project / "results" / "smoke" / paradigm / "samples" / "adaptive.npz"
+    before = stage_samples.stat().st_mtime_ns
+    result = run(["adagen", "sample", "--params", "params/smoke.yaml", "--paradigm", paradigm, "--variant", "adaptive",
+                  "--labels", "3,1,4,1,5", "--seed", "7", "--out", str(tmp_path / "s.npz"),
+                  "--grid", str(tmp_path / "grid.png"), "--png-dir", str(tmp_path / "png")], project)
+    samples = np.load(tmp_path / "s.npz")
+    assert samples["images"].dtype == np.uint8 and samples["images"].shape[0] == 5
+    assert samples["labels"].tolist() == [3, 1, 4, 1, 5] and samples["seeds"].tolist() == [7, 8, 9, 10, 11]
+    assert int(samples["nfe"]) == SMOKE_NFE[paradigm] and f"{SMOKE_NFE[paradigm]} NFE" in result.stdout
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert sorted(path.name for path in (tmp_path / "png").iterdir())[0] == "000000_class3.png"
+    assert stage_samples.stat().st_mtime_ns == before
+
+
+def test_generate_is_batch_size_invariant_and_matches_the_stage(finished_smoke_run, monkeypatch):
+    from adagen.generate import generate
+
+    project, _ = finished_smoke_run
+    monkeypatch.chdir(project)
+    one = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=0, batch_size=6)
+    three = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=0, batch_size=2)
+    assert torch_equal(one.images, three.images) and one.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert all(torch_equal(one.actions[name], three.actions[name]) for name in one.actions)
+    # The stage's first evaluation seed, first six class-balanced samples: the same images.
+    smoke = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
+    first_seed = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=smoke["sample"]["seeds"][0])
+    stage = np.load(project / "results" / "smoke" / "dit" / "samples" / "adaptive.npz")["images"][:6]
+    assert np.array_equal(first_seed.images.numpy(), stage)
+    fewer = generate("params/smoke.yaml", "dit", "static", count=2, steps=2)
+    assert fewer.nfe == 2 and fewer.settings["nfe"] == 2
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--paradigm", "dit", "--count", "-3"], "count must be at least 1, got -3"),
+    (["--paradigm", "dit", "--labels", "1,x"], "not a comma-separated list of integers"),
+    (["--paradigm", "dit", "--labels", "12"], "labels must be class indices in [0, 10)"),
+    (["--paradigm", "dit", "--variant", "adaptive", "--steps", "9"], "was trained for 4 steps, not 9"),
+    (["--paradigm", "var", "--steps", "3"], "var: the number of steps is fixed by the tokenizer's scales"),
+    (["--paradigm", "gan"], "Invalid value for '--paradigm'"),
+    (["--paradigm", "dit", "--count", "3"], "--count, --labels and --steps need --out, --grid or --png-dir"),
+])
+def test_sample_command_rejects_bad_arguments(finished_smoke_run, tmp_path, arguments, message):
+    project, _ = finished_smoke_run
+    base = ["adagen", "sample", "--params", "params/smoke.yaml"]
+    out = [] if "need --out" in message else ["--out", str(tmp_path / "s.npz")]
+    result = subprocess.run(base + arguments + out, cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_sample_command_names_the_missing_artifacts(project_copy, tmp_path):
+    result = subprocess.run(["adagen", "sample", "--params", "params/smoke.yaml", "--paradigm", "dit",
+                             "--variant", "adaptive", "--out", str(tmp_path / "s.npz")],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "missing input data/smoke/dataset.json: run `adagen prepare-data`" in result.stderr, result.stderr

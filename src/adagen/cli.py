@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import click
+import numpy as np
 
 from adagen import stages
 from adagen.config import ParamsError, Paths, load_params, params_hash
@@ -170,11 +171,59 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @paradigm_option
 @variant_option
 @dry_run_option
-def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
-    """Sample class-balanced images with a variant's schedule: uint8 npz and a PNG grid."""
-    _run_stage("sample", params_path, dry_run, lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
-               lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
-               paradigm=paradigm, variant=variant)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write these samples to this npz (images uint8 NCHW, labels, actions) instead of the stage's.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also a PNG grid.")
+@click.option("--png-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also one PNG per image in this folder.")
+@click.option("--count", type=int, default=None, help="Number of class-balanced samples [default: 100].")
+@click.option("--labels", "labels_text", default=None, metavar="L1,L2,...", help="Class labels instead of --count.")
+@click.option("--seed", type=int, default=0, help="Sample i uses noise seed seed + i, whatever the batch size.")
+@click.option("--batch-size", type=int, default=64)
+@click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
+def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: Path | None, grid: Path | None,
+           png_dir: Path | None, count: int | None, labels_text: str | None, seed: int, batch_size: int,
+           steps: int | None) -> None:
+    """Sample with a variant's schedule. Without --out/--grid/--png-dir: the pipeline stage (class-balanced
+    samples for every evaluation seed, uint8 npz and grid under results/). With them: the images you ask
+    for, from the artifacts of a finished pipeline."""
+    if out is None and grid is None and png_dir is None:
+        if count is not None or labels_text is not None or steps is not None:
+            raise click.UsageError("--count, --labels and --steps need --out, --grid or --png-dir")
+        _run_stage("sample", params_path, dry_run,
+                   lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
+                   lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
+                   paradigm=paradigm, variant=variant)
+        return
+    from adagen.generate import generate, save_png_folder
+    from adagen.io import save_npz
+    from adagen.sampling import save_grid
+
+    try:
+        labels = [int(label) for label in labels_text.split(",")] if labels_text else None
+    except ValueError as error:
+        raise click.BadParameter(f"not a comma-separated list of integers: {labels_text!r}",
+                                 param_hint="--labels") from error
+    if labels is None and count is None:
+        count = 100
+    try:
+        result = generate(params_path, paradigm, variant, count=count, labels=labels, seed=seed,
+                          batch_size=batch_size, steps=steps, progress=True)
+    except (ParamsError, stages.MissingInput, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    images, label_array = result.images.numpy(), result.labels.numpy()
+    if out is not None:
+        save_npz(out, images=images, labels=label_array, seeds=seed + np.arange(len(label_array)),
+                 nfe=np.int64(result.nfe), forwards=np.int64(result.forwards),
+                 **{f"action_{name}": values.numpy() for name, values in result.actions.items()})
+        click.echo(f"{len(images)} samples -> {out}")
+    if grid is not None:
+        save_grid(grid, images, label_array)
+        click.echo(f"grid -> {grid}")
+    if png_dir is not None:
+        save_png_folder(png_dir, result.images, result.labels)
+        click.echo(f"{len(images)} PNG files -> {png_dir}")
+    click.echo(f"{paradigm} {variant}: {result.nfe} NFE ({result.forwards} network forwards) per sample")
 
 
 @main.command("evaluate")

@@ -1,0 +1,99 @@
+"""Sampling with the artifacts of a finished pipeline: the Python function behind `adagen sample --out`.
+
+    from adagen.generate import generate
+    result = generate("params/default.yaml", "dit", "adaptive", count=20, seed=0)
+    result.images  # uint8 tensor (20, C, H, W), exactly as image files store them
+
+Sample i uses noise seed `seed + i` whatever the batch size, so the same call gives the same images on any
+machine that has the same artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from adagen import stages
+from adagen.config import Paths, load_params
+from adagen.io import atomic_path, load_json
+from adagen.sampling import class_balanced_labels, sample_images
+
+# The sampling setting that sets the number of generator evaluations, per paradigm (VAR's is its scale count).
+STEPS_SETTING = {"maskgit": "steps", "dit": "nfe", "sit": "nfe"}
+
+
+@dataclass
+class Generated:
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+    actions: dict[str, Tensor]  # per-step values applied, {name: (N, T)}
+    nfe: int
+    forwards: int
+    settings: dict  # the baseline schedule the generator was built with
+
+
+def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
+             labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
+             progress: bool = False) -> Generated:
+    """Images of one paradigm and variant: `count` class-balanced labels, or the given `labels`.
+
+    `steps` changes the number of generator evaluations of a static variant (a trained policy keeps the
+    number it was trained for). Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
+    """
+    params, paths = load_params(params_file), Paths.for_params_file(params_file)
+    if paradigm not in params["paradigms"]:
+        raise ValueError(f"{params_file}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
+    if variant not in stages.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (known: {', '.join(stages.VARIANTS)})")
+    if (count is None) == (labels is None):
+        raise ValueError("give either count (class-balanced labels) or labels, not both")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    num_classes = load_json(stages.require(paths.dataset_info, "prepare-data"))["num_classes"]
+    if labels is None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        label_array = class_balanced_labels(count, num_classes)
+    else:
+        label_array = np.asarray(list(labels), dtype=np.int64)
+        if label_array.size == 0 or label_array.min() < 0 or label_array.max() >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes}), got {list(labels)}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+
+    settings = dict(stages.sampling_settings(params, paths, paradigm, variant))
+    if steps is not None:
+        if paradigm not in STEPS_SETTING:
+            raise ValueError(f"{paradigm}: the number of steps is fixed by the tokenizer's scales")
+        if variant in stages.POLICY_VARIANTS and steps != settings[STEPS_SETTING[paradigm]]:
+            raise ValueError(f"the {variant} policy was trained for {settings[STEPS_SETTING[paradigm]]} steps, "
+                             f"not {steps}: sample a static variant at other step counts")
+        settings[STEPS_SETTING[paradigm]] = steps
+    generator = stages.load_generator(params, paths, paradigm, settings)
+    policy = stages.load_sampling_policy(paths, paradigm, variant, generator)
+    result = sample_images(generator, label_array, seed=seed, batch_size=batch_size, policy=policy,
+                           progress=progress)
+    return Generated(images=torch.from_numpy(result["images"]), labels=torch.from_numpy(result["labels"]),
+                     actions={name: torch.from_numpy(values) for name, values in result["actions"].items()},
+                     nfe=result["nfe"], forwards=result["forwards"], settings=settings)
+
+
+def save_png_folder(folder: str | os.PathLike, images: Tensor, labels: Tensor) -> list[Path]:
+    """One PNG per image, `<index>_class<label>.png`, each written atomically."""
+    folder = Path(folder)
+    written = []
+    for index, (image, label) in enumerate(zip(images.numpy(), labels.tolist())):
+        array = image.transpose(1, 2, 0)
+        picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        path = folder / f"{index:06d}_class{label}.png"
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
+        written.append(path)
+    return written
