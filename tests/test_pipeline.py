@@ -297,6 +297,31 @@ def test_generate_is_batch_size_invariant_and_matches_the_stage(finished_smoke_r
     assert fewer.nfe == 2 and fewer.settings["nfe"] == 2
 
 
+@pytest.mark.parametrize("paradigm", ["maskgit", "sit"])
+def test_best_of_n_keeps_the_discriminators_favourite_and_counts_its_compute(finished_smoke_run, monkeypatch,
+                                                                             paradigm):
+    from adagen.generate import CANDIDATE_SEED_STRIDE, generate, load_discriminator
+    from adagen.config import Paths, load_params
+
+    project, _ = finished_smoke_run
+    monkeypatch.chdir(project)
+    plain = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3)
+    best = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3, best_of=3)
+    assert plain.candidates == 1 and plain.discriminator_calls == 0 and plain.rewards is None
+    assert best.nfe == 3 * plain.nfe and best.forwards == 3 * plain.forwards and best.discriminator_calls == 3
+    candidates = [generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3 + j * CANDIDATE_SEED_STRIDE)
+                  for j in range(3)]
+    assert torch_equal(candidates[0].images, plain.images)  # candidate 0 is the plain sample
+    discriminator = load_discriminator(load_params("params/smoke.yaml"), Paths.for_params_file("params/smoke.yaml"),
+                                       paradigm, "adaptive")
+    for i in range(5):
+        scores = [discriminator.reward(c.images[i : i + 1].float() / 255.0, c.labels[i : i + 1]).item()
+                  for c in candidates]
+        winner = int(np.argmax(scores))
+        assert torch_equal(best.images[i], candidates[winner].images[i])
+        assert np.allclose(best.rewards[:, i].numpy(), scores, atol=1e-5)
+
+
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 
@@ -308,12 +333,13 @@ def torch_equal(a, b) -> bool:
     (["--paradigm", "dit", "--variant", "adaptive", "--steps", "9"], "was trained for 4 steps, not 9"),
     (["--paradigm", "var", "--steps", "3"], "var: the number of steps is fixed by the tokenizer's scales"),
     (["--paradigm", "gan"], "Invalid value for '--paradigm'"),
-    (["--paradigm", "dit", "--count", "3"], "--count, --labels and --steps need --out, --grid or --png-dir"),
+    (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps and --best-of need --out, --grid or --png-dir"),
+    (["--paradigm", "dit", "--best-of", "0"], "best_of must be at least 1, got 0"),
 ])
 def test_sample_command_rejects_bad_arguments(finished_smoke_run, tmp_path, arguments, message):
     project, _ = finished_smoke_run
     base = ["adagen", "sample", "--params", "params/smoke.yaml"]
-    out = [] if "need --out" in message else ["--out", str(tmp_path / "s.npz")]
+    out = [] if "--out, --grid or --png-dir" in message else ["--out", str(tmp_path / "s.npz")]
     result = subprocess.run(base + arguments + out, cwd=project, capture_output=True, text=True)
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert not (tmp_path / "s.npz").exists()

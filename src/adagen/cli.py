@@ -181,15 +181,17 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @click.option("--seed", type=int, default=0, help="Sample i uses noise seed seed + i, whatever the batch size.")
 @click.option("--batch-size", type=int, default=64)
 @click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
+@click.option("--best-of", type=int, default=1,
+              help="Refinement: N candidates per sample, the trained discriminator's favourite kept (N x compute).")
 def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: Path | None, grid: Path | None,
            png_dir: Path | None, count: int | None, labels_text: str | None, seed: int, batch_size: int,
-           steps: int | None) -> None:
+           steps: int | None, best_of: int) -> None:
     """Sample with a variant's schedule. Without --out/--grid/--png-dir: the pipeline stage (class-balanced
     samples for every evaluation seed, uint8 npz and grid under results/). With them: the images you ask
     for, from the artifacts of a finished pipeline."""
     if out is None and grid is None and png_dir is None:
-        if count is not None or labels_text is not None or steps is not None:
-            raise click.UsageError("--count, --labels and --steps need --out, --grid or --png-dir")
+        if count is not None or labels_text is not None or steps is not None or best_of != 1:
+            raise click.UsageError("--count, --labels, --steps and --best-of need --out, --grid or --png-dir")
         _run_stage("sample", params_path, dry_run,
                    lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
                    lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
@@ -208,13 +210,14 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
         count = 100
     try:
         result = generate(params_path, paradigm, variant, count=count, labels=labels, seed=seed,
-                          batch_size=batch_size, steps=steps, progress=True)
+                          batch_size=batch_size, steps=steps, best_of=best_of, progress=True)
     except (ParamsError, stages.MissingInput, ValueError) as error:
         raise click.ClickException(str(error)) from error
     images, label_array = result.images.numpy(), result.labels.numpy()
     if out is not None:
         save_npz(out, images=images, labels=label_array, seeds=seed + np.arange(len(label_array)),
-                 nfe=np.int64(result.nfe), forwards=np.int64(result.forwards),
+                 nfe=np.int64(result.nfe), forwards=np.int64(result.forwards), candidates=np.int64(best_of),
+                 discriminator_calls=np.int64(result.discriminator_calls),
                  **{f"action_{name}": values.numpy() for name, values in result.actions.items()})
         click.echo(f"{len(images)} samples -> {out}")
     if grid is not None:
@@ -223,7 +226,8 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
     if png_dir is not None:
         save_png_folder(png_dir, result.images, result.labels)
         click.echo(f"{len(images)} PNG files -> {png_dir}")
-    click.echo(f"{paradigm} {variant}: {result.nfe} NFE ({result.forwards} network forwards) per sample")
+    extra = f", best of {best_of}: {result.discriminator_calls} discriminator calls" if best_of > 1 else ""
+    click.echo(f"{paradigm} {variant}: {result.nfe} NFE ({result.forwards} network forwards){extra} per sample")
 
 
 @main.command("evaluate")

@@ -22,8 +22,13 @@ from torch import Tensor
 
 from adagen import stages
 from adagen.config import Paths, load_params
-from adagen.io import atomic_path, load_json
+from adagen.io import atomic_path, load_checkpoint, load_json
+from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
+from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
 from adagen.sampling import class_balanced_labels, sample_images
+
+# Best-of-N: candidate j of sample i uses noise seed seed + i + j * stride, so candidate 0 is the plain sample.
+CANDIDATE_SEED_STRIDE = 1_000_000_007
 
 # The sampling setting that sets the number of generator evaluations, per paradigm (VAR's is its scale count).
 STEPS_SETTING = {"maskgit": "steps", "dit": "nfe", "sit": "nfe"}
@@ -34,18 +39,37 @@ class Generated:
     images: Tensor  # uint8 (N, C, H, W)
     labels: Tensor  # int64 (N,)
     actions: dict[str, Tensor]  # per-step values applied, {name: (N, T)}
-    nfe: int
-    forwards: int
+    nfe: int  # generator evaluations per returned sample, every candidate counted
+    forwards: int  # network forwards per returned sample (CFG doubles them), every candidate counted
     settings: dict  # the baseline schedule the generator was built with
+    candidates: int = 1  # best-of-N: candidates generated per returned sample
+    discriminator_calls: int = 0  # per returned sample (scoring the candidates)
+    rewards: Tensor | None = None  # best-of-N: (candidates, N) reward of every candidate
+
+
+def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) -> ProjectedDiscriminator:
+    """The discriminator trained jointly with a policy variant (its heads are kept in the policy file)."""
+    saved = load_checkpoint(stages.require(paths.policy(paradigm, variant),
+                                           f"train --paradigm {paradigm} --variant {variant}"))
+    backbone = load_backbone(load_checkpoint(stages.require(paths.reward_backbone, "train-reward-backbone")))
+    info = load_json(stages.require(paths.dataset_info, "prepare-data"))
+    discriminator = ProjectedDiscriminator(backbone, discriminator_config(
+        params["adagen"]["discriminator"], num_classes=info["num_classes"], resolution=info["resolution"],
+        mean=(UNIT_MEAN,), std=(UNIT_STD,)))
+    discriminator.load_state_dict({**discriminator.state_dict(), **saved["discriminator"]})
+    return discriminator.eval()
 
 
 def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
              labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
-             progress: bool = False) -> Generated:
+             best_of: int = 1, progress: bool = False) -> Generated:
     """Images of one paradigm and variant: `count` class-balanced labels, or the given `labels`.
 
     `steps` changes the number of generator evaluations of a static variant (a trained policy keeps the
-    number it was trained for). Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
+    number it was trained for). `best_of` > 1 is the inference-time refinement: that many candidates per
+    sample, the one with the highest reward of the trained discriminator kept (the variant's own for a policy
+    variant, the adaptive policy's otherwise); its compute is counted in `nfe`, `forwards` and
+    `discriminator_calls`. Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
     """
     params, paths = load_params(params_file), Paths.for_params_file(params_file)
     if paradigm not in params["paradigms"]:
@@ -67,6 +91,8 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
             raise ValueError(f"labels must be class indices in [0, {num_classes}), got {list(labels)}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if best_of < 1:
+        raise ValueError(f"best_of must be at least 1, got {best_of}")
 
     settings = dict(stages.sampling_settings(params, paths, paradigm, variant))
     if steps is not None:
@@ -78,11 +104,26 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
         settings[STEPS_SETTING[paradigm]] = steps
     generator = stages.load_generator(params, paths, paradigm, settings)
     policy = stages.load_sampling_policy(paths, paradigm, variant, generator)
-    result = sample_images(generator, label_array, seed=seed, batch_size=batch_size, policy=policy,
-                           progress=progress)
-    return Generated(images=torch.from_numpy(result["images"]), labels=torch.from_numpy(result["labels"]),
-                     actions={name: torch.from_numpy(values) for name, values in result["actions"].items()},
-                     nfe=result["nfe"], forwards=result["forwards"], settings=settings)
+    runs = [sample_images(generator, label_array, seed=seed + candidate * CANDIDATE_SEED_STRIDE,
+                          batch_size=batch_size, policy=policy, progress=progress) for candidate in range(best_of)]
+    images = np.stack([run["images"] for run in runs])  # (candidates, N, C, H, W)
+    actions = {name: np.stack([run["actions"][name] for run in runs]) for name in runs[0]["actions"]}
+    rewards, chosen = None, np.zeros(len(label_array), dtype=np.int64)
+    if best_of > 1:
+        discriminator = load_discriminator(params, paths, paradigm,
+                                           variant if variant in stages.POLICY_VARIANTS else "adaptive")
+        # One image per call: the discriminator normalises over virtual batches, so a batched score would
+        # depend on the image's batch companions, and the choice on the batch size.
+        targets = torch.from_numpy(label_array)
+        rewards = torch.tensor([[discriminator.reward(torch.from_numpy(candidate[i : i + 1]).float() / 255.0,
+                                                      targets[i : i + 1]).item()
+                                 for i in range(len(label_array))] for candidate in images])
+        chosen = rewards.argmax(dim=0).numpy()
+    pick = np.arange(len(label_array))
+    return Generated(images=torch.from_numpy(images[chosen, pick]), labels=torch.from_numpy(label_array),
+                     actions={name: torch.from_numpy(values[chosen, pick]) for name, values in actions.items()},
+                     nfe=best_of * runs[0]["nfe"], forwards=best_of * runs[0]["forwards"], settings=settings,
+                     candidates=best_of, discriminator_calls=best_of if best_of > 1 else 0, rewards=rewards)
 
 
 def save_png_folder(folder: str | os.PathLike, images: Tensor, labels: Tensor) -> list[Path]:
