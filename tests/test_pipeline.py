@@ -351,3 +351,24 @@ def test_sample_command_names_the_missing_artifacts(project_copy, tmp_path):
                             cwd=project_copy, capture_output=True, text=True)
     assert result.returncode != 0
     assert "missing input data/smoke/dataset.json: run `adagen prepare-data`" in result.stderr, result.stderr
+
+
+def test_training_runs_as_a_two_task_distributed_job(finished_smoke_run):
+    """launch.tasks_per_node 2: two processes (gloo) share the rollouts; rank 0 tracks and writes the policy."""
+    import shutil
+
+    project, _ = finished_smoke_run
+    params = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
+    params["launch"]["tasks_per_node"] = 2
+    (project / "params" / "ddp.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(project / "data" / "smoke", project / "data" / "ddp")
+    shutil.copytree(project / "results" / "smoke", project / "results" / "ddp")
+    for path in (project / "results" / "ddp" / "dit" / "policy").glob("adaptive.*"):
+        path.unlink()
+    run(["adagen", "train", "--params", "params/ddp.yaml", "--paradigm", "dit", "--variant", "adaptive"], project)
+    info = json.loads((project / "results" / "ddp" / "dit" / "policy" / "adaptive.json").read_text())
+    assert info["iterations"] == 2 and len(info["history"]) == 2
+    assert (project / "results" / "ddp" / "dit" / "policy" / "adaptive.pt").is_file()
+    job_logs = sorted(path.name for path in (project / "logs" / "ddp" / "submitit" / "train-dit-adaptive").iterdir()
+                      if path.name.endswith("_log.out"))
+    assert [name.rsplit("_", 2)[-2] for name in job_logs] == ["0", "1"]  # one log per task (rank)

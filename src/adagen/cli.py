@@ -129,10 +129,41 @@ def train_reward_backbone(params_path: Path, dry_run: bool) -> None:
 
 
 def train_job(params_path: Path, paradigm: str, variant: str) -> None:
-    """The work of `adagen train`, as the submitit job runs it (a module-level function: picklable)."""
-    _run_stage("train", params_path, False, lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)],
-               lambda params, paths, run: stages.train_policy(params, paths, run, paradigm, variant),
-               paradigm=paradigm, variant=variant)
+    """The work of `adagen train`, as each task of the submitit job runs it (a module-level function: picklable).
+    With several tasks, they form a torch.distributed group; rank 0 tracks the run and writes the outputs."""
+    from adagen import distributed
+
+    if launched_tasks() > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        distributed.init_from_environment()
+    try:
+        if distributed.rank_and_size()[0] > 0:
+            from adagen.tracking import UntrackedRun
+
+            stages.train_policy(load_params(params_path), Paths.for_params_file(params_path), UntrackedRun(),
+                                paradigm, variant)
+            return
+        _run_stage("train", params_path, False,
+                   lambda p: [p.policy(paradigm, variant), p.policy_info(paradigm, variant)],
+                   lambda params, paths, run: stages.train_policy(params, paths, run, paradigm, variant),
+                   paradigm=paradigm, variant=variant)
+    finally:
+        if distributed.rank_and_size()[1] > 1:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def launched_tasks() -> int:
+    """Tasks of the submitit job this process belongs to (1 outside one)."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job (executor debug)
+        return 1
 
 
 @main.command("train")

@@ -27,10 +27,18 @@ def _tail(path: Path | None, lines: int = 30) -> str:
 def run_job(function: Callable[..., Any], *args: Any, launch: dict, folder: str | Path, name: str) -> Any:
     """`function(*args)` through the `launch` params' executor; returns its result once the job has ended."""
     executor = submitit.AutoExecutor(folder=Path(folder), cluster=launch["executor"])
-    executor.update_parameters(name=name, timeout_min=launch["timeout_min"])
+    resources = {key: launch[key] for key in ("tasks_per_node", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb")
+                 if launch.get(key) is not None}
+    if launch["executor"] == "slurm":
+        resources |= {key: launch[key] for key in ("slurm_partition", "slurm_account") if launch.get(key)}
+    else:  # one machine: several tasks run as local processes; nodes, GPUs and memory are the machine's own
+        resources = {key: value for key, value in resources.items() if key in ("tasks_per_node",)}
+    if launch["executor"] == "debug" and resources.get("tasks_per_node", 1) > 1:
+        raise ValueError("executor debug runs one process in this one: use tasks_per_node 1 (or executor local)")
+    executor.update_parameters(name=name, timeout_min=launch["timeout_min"], **resources)
     job = executor.submit(function, *args)
     try:
-        return job.result()
+        return job.results()[0]  # every task returns; rank 0's result is the job's
     except submitit.core.utils.FailedJobError as error:
         stderr = getattr(job.paths, "stderr", None)
         raise JobFailed(f"{name} (submitit job {job.job_id}, log {stderr}) failed:\n{_tail(stderr) or error}") from None

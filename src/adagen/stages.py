@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adagen import distributed
 from adagen.config import Paths, params_hash
 from adagen.data import export_dataset, load_dataset
 from adagen.generators import PARADIGMS
@@ -292,6 +293,8 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
                                reward_fn=classifier_confidence(backbone) if variant == "fixed-reward" else None,
                                probe=_probe(params, paths, generator, dataset.train_images, scratch),
                                probe_every=adagen["selection"]["every"], report=run.log_metrics)
+    if distributed.rank_and_size()[0] > 0:  # rank 0 writes the outputs
+        return summary
     heads = {key: value for key, value in discriminator.state_dict().items() if not key.startswith("backbone.")}
     save_checkpoint(paths.policy(paradigm, variant), {
         "variant": variant, "sampling": start, "smoothing": smoothing, "discriminator": heads,

@@ -90,6 +90,18 @@ class StageRun:
             self._client.log_artifact(self.run_id, str(path), folder)
 
 
+class UntrackedRun:
+    """A StageRun that records nothing: the other ranks of a distributed stage (rank 0 tracks)."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def stage_run(
     *,

@@ -40,6 +40,7 @@ class AdaptivePolicy:
     std: float | None = None  # None: deterministic mean actions
     noise: torch.Generator | None = None  # exploration noise stream (CPU)
     zero_state: bool = False  # learned-static ablation: the network sees zeros instead of features
+    shard: tuple[int, int] = (0, 1)  # (rank, world size): draw the global batch's noise, keep this rank's rows
     transitions: list[Transition] = field(default_factory=list)
     _previous: Tensor | None = None
 
@@ -53,7 +54,10 @@ class AdaptivePolicy:
         mean = self.network(features, k_B)
         u = mean
         if self.std is not None:
-            u = mean + self.std * torch.randn(mean.shape, generator=self.noise).to(mean.device)
+            rank, world = self.shard
+            rows = mean.shape[0]
+            noise = torch.randn((rows * world, *mean.shape[1:]), generator=self.noise)[rank * rows : (rank + 1) * rows]
+            u = mean + self.std * noise.to(mean.device)
             self.transitions.append(Transition(features, k, u, gaussian_log_prob(u, mean, self.std)))
         self._previous, actions = self.action_map.apply(self._previous, u, k)
         return actions

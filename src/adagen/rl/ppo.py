@@ -12,8 +12,10 @@ def exploration_std(iteration: int, *, initial: float, decay: float, decay_at: l
     return max(floor, initial - decay * sum(iteration >= step for step in decay_at))
 
 
-def normalize_returns(returns: Tensor, eps: float = 1e-7) -> Tensor:
-    return (returns - returns.mean()) / (returns.std() + eps)
+def normalize_returns(returns: Tensor, eps: float = 1e-7, over: Tensor | None = None) -> Tensor:
+    """(R - mean) / (std + eps), with the mean and std of `over` (the global batch across ranks) if given."""
+    reference = returns if over is None else over
+    return (returns - reference.mean()) / (reference.std() + eps)
 
 
 def ppo_losses(new_log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, values: Tensor, returns: Tensor,

@@ -9,6 +9,12 @@ discriminator steps on fresh fakes of the updated exploring policy against real 
 Every random draw comes from streams held in the checkpoint, so a killed run resumes and ends exactly where an
 uninterrupted one does. A non-finite reward or loss stops with TrainingDiverged and keeps the last checkpoint.
 
+Under an initialised torch.distributed process group the work is sharded: every rank draws the global batch's
+labels, noise and real-image indices from the same streams and keeps its slice, rewards are normalised over
+the global batch, gradients are averaged over ranks; rank 0 probes, reports and writes checkpoints. So N
+processes follow one process with the same global batch (within float rounding), given that the rollout batch
+and the discriminator batch divide by N (and the discriminator's share per rank by its virtual batch).
+
 Checkpoint selection: adversarial training swings (nearby iterates can differ a lot in quality), so every
 `probe_every` iterations, and before the first, a `probe` scores the deterministic policy on fixed seeds (lower
 is better; the stage uses FID in the reward backbone's feature space against the train split, never the
@@ -27,6 +33,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from adagen import distributed
 from adagen.generators.base import SampleRNG, StepwiseGenerator
 from adagen.io import load_checkpoint, save_checkpoint
 from adagen.policy.actions import ActionMap
@@ -69,7 +76,7 @@ class Batch:
     u: Tensor  # (n, A)
     log_prob: Tensor  # (n,)
     returns: Tensor  # (n,) the normalised terminal reward of the transition's trajectory
-    rewards: Tensor  # (trajectories,) raw
+    rewards: Tensor  # (trajectories,) raw, of the global batch (every rank's)
     actions: dict[str, Tensor]  # {name: (trajectories, T)} as applied
 
 
@@ -77,25 +84,34 @@ def _labels(count: int, num_classes: int, stream: torch.Generator) -> Tensor:
     return torch.randint(0, num_classes, (count,), generator=stream)
 
 
+def _shard(size: int) -> slice:
+    """This rank's rows of a global batch of `size`."""
+    rank, world = distributed.rank_and_size()
+    return slice(rank * size // world, (rank + 1) * size // world)
+
+
 def collect(generator: StepwiseGenerator, agent: AdaptivePolicy, reward_fn: RewardFn, *, count: int, batch: int,
             num_classes: int, labels_stream: torch.Generator, first_seed: int) -> Batch:
-    """`count` exploring rollouts in batches, with their rewards; sample i uses noise seed first_seed + i."""
+    """`count` exploring rollouts in batches of `batch` (global sizes; this rank runs its slice of each), with
+    their rewards; sample i of the global batch uses noise seed first_seed + i."""
     rows: dict[str, list[Tensor]] = {"features": [], "k": [], "u": [], "log_prob": [], "trajectory": []}
-    rewards, actions = [], []
+    rewards, actions, done = [], [], 0
     for start in range(0, count, batch):
-        size = min(batch, count - start)
-        labels = _labels(size, num_classes, labels_stream)
-        result = rollout(generator, labels, SampleRNG(range(first_seed + start, first_seed + start + size)), agent)
+        rows_here = _shard(min(batch, count - start))
+        labels = _labels(min(batch, count - start), num_classes, labels_stream)[rows_here]
+        first = first_seed + start + rows_here.start
+        result = rollout(generator, labels, SampleRNG(range(first, first + len(labels))), agent)
         rewards.append(reward_fn(result.images, labels))
         actions.append(result.actions)
         for transition in agent.transitions:
             rows["features"].append(transition.features)
-            rows["k"].append(torch.full((size,), transition.k))
+            rows["k"].append(torch.full((len(labels),), transition.k))
             rows["u"].append(transition.u)
             rows["log_prob"].append(transition.log_prob)
-            rows["trajectory"].append(torch.arange(start, start + size))
-    rewards_all = torch.cat(rewards)
-    returns = normalize_returns(rewards_all)[torch.cat(rows["trajectory"])]  # every step: its terminal reward
+            rows["trajectory"].append(torch.arange(done, done + len(labels)))
+        done += len(labels)
+    rewards_here, rewards_all = torch.cat(rewards), distributed.gather(torch.cat(rewards))
+    returns = normalize_returns(rewards_here, over=rewards_all)[torch.cat(rows["trajectory"])]  # each step: its end
     return Batch(torch.cat(rows["features"]), torch.cat(rows["k"]), torch.cat(rows["u"]), torch.cat(rows["log_prob"]),
                  returns, rewards_all, {name: torch.cat([a[name] for a in actions]) for name in actions[0]})
 
@@ -131,6 +147,11 @@ def train_adagen(
     `probe`, the policy ends as the best-probed one (the critic and discriminator stay at their last state).
     """
     s = settings
+    rank, world = distributed.rank_and_size()
+    if world > 1 and (s.trajectories % s.rollout_batch or s.rollout_batch % world or s.d_batch % world):
+        raise ValueError(f"on {world} processes the rollout batch ({s.rollout_batch}) must divide the trajectories "
+                         f"({s.trajectories}), and {world} must divide it and the discriminator batch ({s.d_batch})")
+    distributed.broadcast_parameters([policy, critic, discriminator])
     num_classes = discriminator.config.num_classes
     reals = torch.from_numpy(real_images).float() / 255.0
     real_targets = torch.from_numpy(real_labels).long()
@@ -157,9 +178,10 @@ def train_adagen(
         nonlocal best
         if probe is None or probe_every <= 0 or (iteration % probe_every and iteration != s.iterations):
             return
-        scores = probe(AdaptivePolicy(policy.eval(), action_map, zero_state=zero_state))
+        scores = probe(AdaptivePolicy(policy.eval(), action_map, zero_state=zero_state)) if rank == 0 else None
+        scores = distributed.broadcast_object(scores)
         probes.append({"iteration": iteration, **scores})
-        if report is not None:
+        if report is not None and rank == 0:
             report({f"probe/{key}": value for key, value in scores.items()}, iteration)
         if best is None or scores["score"] < best["score"]:
             best = {"iteration": iteration, "score": scores["score"],
@@ -170,7 +192,8 @@ def train_adagen(
     for iteration in tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc="adagen"):
         std = exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
                               floor=s.std_floor)
-        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state)
+        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state,
+                               shard=(rank, world))
         seed_base = s.seed * 1_000_003 + iteration * 2 * (s.trajectories + s.d_steps * s.d_batch)
         batch = collect(generator, agent, reward_fn, count=s.trajectories, batch=s.rollout_batch,
                         num_classes=num_classes, labels_stream=labels_stream, first_seed=seed_base)
@@ -185,25 +208,28 @@ def train_adagen(
             new_log_prob = gaussian_log_prob(batch.u, policy(inputs, batch.k), std)
             losses = ppo_losses(new_log_prob, batch.log_prob, advantages, critic(batch.features, batch.k).squeeze(-1),
                                 batch.returns, clip=s.clip, value_coef=s.value_coef)
-            _check_finite("PPO loss", losses["loss"], iteration, checkpoint_path)
+            _check_finite("PPO loss", distributed.total(losses["loss"]), iteration, checkpoint_path)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            distributed.average_gradients(list(policy.parameters()) + list(critic.parameters()))
             optimizer.step()
 
         # Discriminator: fresh fakes of the updated exploring policy against real images.
-        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state)
+        agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state,
+                               shard=(rank, world))
         discriminator.train()
-        d_metrics = []
+        d_metrics, rows_here = [], _shard(s.d_batch)
         for step in range(s.d_steps):
-            fake_labels = _labels(s.d_batch, num_classes, labels_stream)
-            first = seed_base + s.trajectories + step * s.d_batch
-            fakes = rollout(generator, fake_labels, SampleRNG(range(first, first + s.d_batch)), agent).images
-            index = torch.randint(0, len(reals), (s.d_batch,), generator=labels_stream)
+            fake_labels = _labels(s.d_batch, num_classes, labels_stream)[rows_here]
+            first = seed_base + s.trajectories + step * s.d_batch + rows_here.start
+            fakes = rollout(generator, fake_labels, SampleRNG(range(first, first + len(fake_labels))), agent).images
+            index = torch.randint(0, len(reals), (s.d_batch,), generator=labels_stream)[rows_here]
             d_losses = discriminator_loss(discriminator(reals[index], real_targets[index]),
                                           discriminator(fakes, fake_labels))
-            _check_finite("discriminator loss", d_losses["loss"], iteration, checkpoint_path)
+            _check_finite("discriminator loss", distributed.total(d_losses["loss"]), iteration, checkpoint_path)
             d_optimizer.zero_grad(set_to_none=True)
             d_losses["loss"].backward()
+            distributed.average_gradients(d_params)
             d_optimizer.step()
             d_metrics.append({key: value.item() for key, value in d_losses.items()})
 
@@ -217,10 +243,10 @@ def train_adagen(
                 metrics[f"actions/{name}/mean_{k}"] = values[:, k].mean().item()
                 metrics[f"actions/{name}/spread_{k}"] = values[:, k].std().item()
         history.append({key: metrics[key] for key in ("reward", "d/loss", "ppo/clip_fraction", "ppo/approx_kl")})
-        if report is not None:
+        if report is not None and rank == 0:
             report(metrics, iteration + 1)
         probe_policy(iteration + 1)
-        if (iteration + 1) % s.checkpoint_every == 0 and iteration + 1 < s.iterations:
+        if (iteration + 1) % s.checkpoint_every == 0 and iteration + 1 < s.iterations and rank == 0:
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint, "iteration": iteration + 1, "history": history,
                 "probes": probes, "best": best,
