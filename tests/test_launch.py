@@ -6,6 +6,7 @@ The jobs are builtins, so the child process can unpickle them without this test 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -46,3 +47,49 @@ def test_adagen_train_without_its_inputs_fails_with_a_clear_message(tmp_path):
     assert "adagen-train-dit-adaptive" in result.stderr and "missing input" in result.stderr
     assert "tuned-static.json: run `adagen tune-static --paradigm dit`" in result.stderr
     assert (project / "logs" / "smoke" / "submitit" / "train-dit-adaptive").is_dir()
+
+
+def train_until_done(checkpoint: str, iterations: int, pid_file: str | None = None) -> dict:
+    """A tiny AdaGen training that checkpoints every iteration (the job of the preemption test); it leaves
+    its process id in `pid_file` for the test to signal."""
+    import dataclasses
+    from pathlib import Path
+
+    if pid_file is not None:
+        Path(pid_file).write_text(str(os.getpid()))
+    from adagen.rl.train import train_adagen
+    from test_adagen_training import SETTINGS, setup, state_of
+
+    generator, action_map, policy, critic, discriminator, reals, labels = setup()
+    summary = train_adagen(generator, action_map, policy, critic, discriminator, reals, labels,
+                           dataclasses.replace(SETTINGS, iterations=iterations, checkpoint_every=1),
+                           checkpoint_path=checkpoint, fingerprint="requeue")
+    return {"state": state_of(policy, critic, discriminator), "resumed_from": summary["resumed_from_iteration"],
+            "rewards": [entry["reward"] for entry in summary["history"]]}
+
+
+def test_a_preempted_training_job_requeues_and_ends_as_if_never_stopped(tmp_path, monkeypatch):
+    """The job is signalled mid-run (what SLURM sends before a timeout or preemption): submitit requeues the
+    same call, training resumes from its last checkpoint and ends exactly where an uninterrupted run does."""
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from adagen.launch import submit_job, wait_for
+
+    tests = str(Path(__file__).resolve().parent)  # the job process imports this module's training function
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    iterations = 40
+    reference = train_until_done(str(tmp_path / "reference.pt"), iterations)
+    job = submit_job(train_until_done, str(tmp_path / "job.pt"), iterations, str(tmp_path / "pid"), launch=LOCAL,
+                     folder=tmp_path / "jobs", name="adagen-requeue")
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "job.pt").exists() and time.monotonic() < deadline and not job.done():
+        time.sleep(0.05)
+    # What SLURM sends a job before its time limit or on preemption (submitit's default USR2), to the task.
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGUSR2)
+    result = wait_for(job, LOCAL, "adagen-requeue")
+    assert result["resumed_from"] is not None and 0 < result["resumed_from"] < iterations
+    assert result["rewards"] == reference["rewards"]
+    assert all(torch.equal(a, b) for a, b in zip(result["state"], reference["state"]))
