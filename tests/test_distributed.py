@@ -41,8 +41,12 @@ def worker(rank: int, world: int, init_file: str, tmp_path) -> None:
 
 
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    torch.set_num_threads(1)
-    single = train(tmp_path, "single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the same float arithmetic
+    try:
+        single = train(tmp_path, "single")
+    finally:
+        torch.set_num_threads(threads)
     mp.spawn(worker, args=(2, str(tmp_path / "init"), tmp_path), nprocs=2, join=True)
     for rank in range(2):
         sharded = torch.load(tmp_path / f"result-{rank}.pt", weights_only=True)

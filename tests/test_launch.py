@@ -81,7 +81,9 @@ def test_a_preempted_training_job_requeues_and_ends_as_if_never_stopped(tmp_path
     tests = str(Path(__file__).resolve().parent)  # the job process imports this module's training function
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     iterations = 40
-    reference = train_until_done(str(tmp_path / "reference.pt"), iterations)
+    # The reference runs as a job too: same kind of process, same thread count, so the same float arithmetic.
+    reference = run_job(train_until_done, str(tmp_path / "reference.pt"), iterations, launch=LOCAL,
+                        folder=tmp_path / "jobs", name="adagen-reference")
     job = submit_job(train_until_done, str(tmp_path / "job.pt"), iterations, str(tmp_path / "pid"), launch=LOCAL,
                      folder=tmp_path / "jobs", name="adagen-requeue")
     deadline = time.monotonic() + 300
