@@ -372,3 +372,29 @@ def test_training_runs_as_a_two_task_distributed_job(finished_smoke_run):
     job_logs = sorted(path.name for path in (project / "logs" / "ddp" / "submitit" / "train-dit-adaptive").iterdir()
                       if path.name.endswith("_log.out"))
     assert [name.rsplit("_", 2)[-2] for name in job_logs] == ["0", "1"]  # one log per task (rank)
+
+
+def test_dvc_push_to_a_local_remote_and_pull_in_another_checkout_rebuilds_nothing(finished_smoke_run, tmp_path):
+    """The sharing path of a cluster: outputs recorded and pushed to a DVC remote (a shared folder here); another
+    checkout pulls them and finds every stage up to date."""
+    project, _ = finished_smoke_run
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("set: default", "set: smoke")
+                        .replace("params/default.yaml:paradigms", "params/smoke.yaml:paradigms"))
+    run(["dvc", "commit", "--force", "--no-relink", "--with-deps", "report"], project)
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "--default", "shared", str(remote)], project)
+    pushed = run(["dvc", "push", "--with-deps", "report"], project)
+    assert any(remote.rglob("*")), pushed.stdout
+    for command in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):
+        run(command, project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "results").exists()
+    run(["dvc", "pull", "--with-deps", "report"], clone)
+    status = run(["dvc", "status", "--with-deps", "report"], clone)
+    assert "up to date" in status.stdout, status.stdout
+    for name in ("summary.csv", "summary.md"):
+        assert (clone / "results" / "smoke" / name).read_bytes() == (project / "results" / "smoke" / name).read_bytes()
+    dry = run(["dvc", "repro", "--dry", "report"], clone)
+    assert "Running stage" not in dry.stdout, dry.stdout
