@@ -22,7 +22,7 @@ def rank_and_size() -> tuple[int, int]:
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's tensor concatenated in rank order (equal shapes)."""
-    rank, size = rank_and_size()
+    size = rank_and_size()[1]
     if size == 1:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(size)]

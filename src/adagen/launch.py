@@ -45,12 +45,10 @@ def submit_job(function: Callable[..., Any], *args: Any, launch: dict, folder: s
                name: str) -> submitit.Job:
     """Submit `function(*args)` (requeued on preemption) to the `launch` params' executor; returns the job."""
     executor = submitit.AutoExecutor(folder=Path(folder), cluster=launch["executor"])
-    resources = {key: launch[key] for key in ("tasks_per_node", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb")
-                 if launch.get(key) is not None}
-    if launch["executor"] == "slurm":
-        resources |= {key: launch[key] for key in ("slurm_partition", "slurm_account") if launch.get(key)}
-    else:  # one machine: several tasks run as local processes; nodes, GPUs and memory are the machine's own
-        resources = {key: value for key, value in resources.items() if key in ("tasks_per_node",)}
+    # On one machine only the process count applies: nodes, GPUs and memory are the machine's own.
+    keys = (("tasks_per_node", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "slurm_partition",
+             "slurm_account") if launch["executor"] == "slurm" else ("tasks_per_node",))
+    resources = {key: launch[key] for key in keys if launch.get(key) is not None}
     if launch["executor"] == "debug" and resources.get("tasks_per_node", 1) > 1:
         raise ValueError("executor debug runs one process in this one: use tasks_per_node 1 (or executor local)")
     executor.update_parameters(name=name, timeout_min=launch["timeout_min"], **resources)

@@ -97,8 +97,9 @@ def collect(generator: StepwiseGenerator, agent: AdaptivePolicy, reward_fn: Rewa
     rows: dict[str, list[Tensor]] = {"features": [], "k": [], "u": [], "log_prob": [], "trajectory": []}
     rewards, actions, done = [], [], 0
     for start in range(0, count, batch):
-        rows_here = _shard(min(batch, count - start))
-        labels = _labels(min(batch, count - start), num_classes, labels_stream)[rows_here]
+        size = min(batch, count - start)
+        rows_here = _shard(size)
+        labels = _labels(size, num_classes, labels_stream)[rows_here]
         first = first_seed + start + rows_here.start
         result = rollout(generator, labels, SampleRNG(range(first, first + len(labels))), agent)
         rewards.append(reward_fn(result.images, labels))
