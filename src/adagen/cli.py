@@ -18,15 +18,18 @@ import numpy as np
 
 from adagen import stages
 from adagen.config import ParamsError, Paths, load_params, params_hash
-from adagen.generators import PARADIGMS
+from adagen.generators import paradigm_of
+from adagen.io import DownloadError
 
 params_option = click.option(
     "--params", "params_path", required=True, metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
     help="Params set (params/*.yaml); its file name names the output folders.",
 )
 dry_run_option = click.option("--dry-run", is_flag=True, help="Validate the params and print the plan; do nothing.")
-paradigm_option = click.option("--paradigm", required=True, type=click.Choice(sorted(PARADIGMS)),
-                               help="Generator paradigm.")
+# A setting of the params set: a paradigm's name (maskgit, var, dit, sit), or the name plus a tag (var-d16);
+# checked against the set's `paradigms` once the params are read.
+paradigm_option = click.option("--paradigm", required=True, metavar="SETTING",
+                               help="Generator setting of the params set (its `paradigms` list), e.g. dit, var-d16.")
 variant_option = click.option("--variant", default="static", show_default=True, type=click.Choice(stages.VARIANTS),
                               help="Sampling variant.")
 
@@ -41,6 +44,8 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, outputs: Callable[[
     paths = Paths.for_params_file(params_path)
     if paradigm is not None and paradigm not in params["paradigms"]:
         raise click.ClickException(f"{params_path}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
+    if stage == "train-tokenizer" and not paradigm_of(paradigm).uses_tokenizer:
+        raise click.ClickException(f"{paradigm!r} has no VQ tokenizer (only maskgit and var settings do)")
     if dry_run:
         click.echo(f"[dry run] {stage} of params set {paths.set_name!r} would write:")
         for path in outputs(paths):
@@ -52,7 +57,7 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, outputs: Callable[[
         with stage_run(set_name=paths.set_name, stage=stage, params=params, params_hash=params_hash(params),
                        paradigm=paradigm, variant=variant, inputs={"params": params_path}) as run:
             work(params, paths, run)
-    except (stages.MissingInput, ValueError) as error:
+    except (stages.MissingInput, ValueError, DownloadError) as error:
         raise click.ClickException(str(error)) from error
 
 
@@ -89,8 +94,8 @@ def refstats(params_path: Path, dry_run: bool) -> None:
 
 @main.command("train-tokenizer")
 @params_option
-@click.option("--paradigm", required=True, type=click.Choice(sorted(n for n, p in PARADIGMS.items() if p.uses_tokenizer)),
-              help="Token paradigm whose VQ tokenizer to train.")
+@click.option("--paradigm", required=True, metavar="SETTING",
+              help="Setting of a token paradigm (maskgit, var) whose VQ tokenizer to train.")
 @dry_run_option
 def train_tokenizer(params_path: Path, paradigm: str, dry_run: bool) -> None:
     """Train the VQ tokenizer of a token paradigm (MaskGIT, VAR) on the train split (resumes if interrupted)."""
@@ -106,6 +111,20 @@ def pretrain(params_path: Path, paradigm: str, dry_run: bool) -> None:
     """Train the embedded-size generator of a paradigm on the train split (resumes if interrupted)."""
     _run_stage("pretrain", params_path, dry_run, lambda p: [p.generator(paradigm), p.generator_info(paradigm)],
                lambda params, paths, run: stages.pretrain(params, paths, run, paradigm), paradigm=paradigm)
+
+
+@main.command("get-generator")
+@params_option
+@paradigm_option
+@dry_run_option
+def get_generator(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """Fetch a downloaded generator's official weights (and its tokenizer's or VAE's), verify and load them."""
+    def outputs(paths: Paths) -> list[Path]:
+        token_files = [paths.tokenizer(paradigm), paths.tokenizer_info(paradigm)] if paradigm_of(paradigm).uses_tokenizer else []
+        return [paths.generator(paradigm), paths.generator_info(paradigm), *token_files]
+
+    _run_stage("get-generator", params_path, dry_run, outputs,
+               lambda params, paths, run: stages.get_generator(params, paths, run, paradigm), paradigm=paradigm)
 
 
 @main.command("tune-static")

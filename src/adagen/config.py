@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,15 +37,20 @@ def _key_path(error: jsonschema.ValidationError) -> str:
         missing = error.message.split("'")[1] if "'" in error.message else ""
         parts.append(missing)
     if error.validator == "additionalProperties":
-        unexpected = [key for key in error.instance if key not in error.schema.get("properties", {})]
+        patterns = [re.compile(pattern) for pattern in error.schema.get("patternProperties", {})]
+        unexpected = [key for key in error.instance if key not in error.schema.get("properties", {})
+                      and not any(pattern.search(key) for pattern in patterns)]
         parts.append(",".join(sorted(unexpected)))
     return ".".join(parts) or "<top level>"
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown key (allowed here: {allowed})"
+        allowed = sorted(error.schema.get("properties", {})) + sorted(
+            f"names matching {pattern}" for pattern in error.schema.get("patternProperties", {}))
+        return f"unknown key (allowed here: {', '.join(allowed)})"
+    if error.validator == "not" and error.validator_value == {}:  # the schema's `unused`: see its description
+        return "not used here: source pretrain trains the network, source download fetches it"
     return error.message
 
 
@@ -98,6 +104,7 @@ def _cross_key_problems(params: dict) -> list[str]:
         if a < b + n_b and b < a + n_a:
             problems.append(f"{name_a} and {name_b.split(': ', 1)[1]} use the same noise seeds "
                             f"([{a}, {a + n_a}) and [{b}, {b + n_b}))")
+    problems += _asset_problems(params)
     backbone = adagen["reward_backbone"]["network"]
     if max(adagen["discriminator"]["block_indices"]) >= backbone["depth"]:
         problems.append(f"adagen.discriminator.block_indices: the backbone has {backbone['depth']} blocks")
@@ -105,20 +112,22 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append("adagen.reward_backbone.network.num_heads: must divide embed_dim")
     if data["resolution"] % backbone["patch_size"]:
         problems.append("adagen.reward_backbone.network.patch_size: must divide data.resolution")
-    for paradigm in ("maskgit", "var"):
-        section = params["generators"].get(paradigm)
-        if section:
-            problems += _token_problems(section, f"generators.{paradigm}", data["resolution"], paradigm == "var")
-    # Time runs from noise to data: down in VP time (DiT), up on SiT's interpolant.
-    for paradigm, time_runs_down in (("dit", True), ("sit", False)):
-        section = params["generators"].get(paradigm)
-        if not section:
+    # Settings are named after their paradigm (the schema's patterns): `var-d16` is a setting of var.
+    for setting, section in params["generators"].items():
+        paradigm, key = setting.split("-", 1)[0], f"generators.{setting}"
+        if paradigm in ("maskgit", "var"):
+            problems += _token_problems(section, key, data["resolution"], paradigm == "var")
             continue
-        network, sampling, key = section["network"], section["sampling"], f"generators.{paradigm}"
+        # Time runs from noise to data: down in VP time (DiT), up on SiT's interpolant.
+        time_runs_down = paradigm == "dit"
+        network, sampling = section["network"], section["sampling"]
+        side = data["resolution"]
+        if section.get("vae"):  # a latent generator: the network sees the VAE's latents
+            side //= 2 ** (len(section["vae"]["block_out_channels"]) - 1)
         if network["hidden_size"] % network["num_heads"]:
             problems.append(f"{key}.network.num_heads: must divide hidden_size")
-        if data["resolution"] % network["patch_size"]:
-            problems.append(f"{key}.network.patch_size: must divide data.resolution")
+        if side % network["patch_size"]:
+            problems.append(f"{key}.network.patch_size: must divide the input side {side}")
         if network["hidden_size"] % 4:
             problems.append(f"{key}.network.hidden_size: must be a multiple of 4 (2-D sin-cos positions)")
         if time_runs_down and sampling["t_end"] >= sampling["t_start"]:
@@ -126,6 +135,20 @@ def _cross_key_problems(params: dict) -> list[str]:
         if not time_runs_down and sampling["t_end"] <= sampling["t_start"]:
             problems.append(f"{key}.sampling.t_end: must be above t_start (time runs from noise at 0 to data at 1)")
     return problems
+
+
+def _asset_problems(params: dict) -> list[str]:
+    """Every asset a params set names must be in the registry (`adagen fetch --list`)."""
+    from adagen.assets import load_registry
+
+    named = {f"assets.local.{name}": name for name in params.get("assets", {}).get("local", {})}
+    for setting, section in params["generators"].items():
+        for key, owner in (("checkpoint", section), ("tokenizer.checkpoint", section.get("tokenizer") or {}),
+                           ("vae.checkpoint", section.get("vae") or {})):
+            if "checkpoint" in owner:
+                named[f"generators.{setting}.{key}"] = owner["checkpoint"]
+    known = load_registry()
+    return [f"{key}: unknown asset {name!r} (see `adagen fetch --list`)" for key, name in named.items() if name not in known]
 
 
 def _token_problems(section: dict, key: str, resolution: int, multiscale: bool) -> list[str]:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from adagen import stages
 from adagen.config import Paths, load_params
+from adagen.generators import paradigm_of
 from adagen.io import atomic_path, load_checkpoint, load_json
 from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
@@ -96,12 +97,13 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
 
     settings = dict(stages.sampling_settings(params, paths, paradigm, variant))
     if steps is not None:
-        if paradigm not in STEPS_SETTING:
+        steps_key = STEPS_SETTING.get(paradigm_of(paradigm).name)
+        if steps_key is None:
             raise ValueError(f"{paradigm}: the number of steps is fixed by the tokenizer's scales")
-        if variant in stages.POLICY_VARIANTS and steps != settings[STEPS_SETTING[paradigm]]:
-            raise ValueError(f"the {variant} policy was trained for {settings[STEPS_SETTING[paradigm]]} steps, "
+        if variant in stages.POLICY_VARIANTS and steps != settings[steps_key]:
+            raise ValueError(f"the {variant} policy was trained for {settings[steps_key]} steps, "
                              f"not {steps}: sample a static variant at other step counts")
-        settings[STEPS_SETTING[paradigm]] = steps
+        settings[steps_key] = steps
     generator = stages.load_generator(params, paths, paradigm, settings)
     policy = stages.load_sampling_policy(paths, paradigm, variant, generator)
     runs = [sample_images(generator, label_array, seed=seed + candidate * CANDIDATE_SEED_STRIDE,

@@ -84,6 +84,26 @@ class CheckpointMismatch(ValueError):
     """A weights file whose keys or shapes do not fit the network it is loaded into."""
 
 
+def read_state_dict(path: str | os.PathLike, unwrap: tuple[str, ...] = ("ema", "model", "state_dict"),
+                    size: int | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file: safetensors, or a torch file loaded with `weights_only=True` and
+    unwrapped from the first of `unwrap` present. `size` (bytes) catches a file swapped since it was verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if size is not None and path.stat().st_size != size:
+        raise CheckpointMismatch(f"{path} has {path.stat().st_size} bytes, not the {size} it had when fetched")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # tensors only, by construction
+
+        return load_file(path)
+    state = load_checkpoint(path)
+    for key in unwrap:
+        if isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
 def load_weights(path: str | os.PathLike, network: torch.nn.Module,
                  unwrap: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
     """Load an official (or our) weights file into `network`, strictly, with `weights_only=True`.
@@ -92,11 +112,7 @@ def load_weights(path: str | os.PathLike, network: torch.nn.Module,
     weights under "ema"); the first of `unwrap` present is taken. A mismatch raises `CheckpointMismatch` naming
     the file and the first missing, unexpected and mis-shaped keys instead of torch's wall of text.
     """
-    state = load_checkpoint(path)
-    for key in unwrap:
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
+    state = read_state_dict(path, unwrap)
     expected = network.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]

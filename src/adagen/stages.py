@@ -20,12 +20,14 @@ import torch
 from tqdm import tqdm
 
 from adagen import distributed
+from adagen.assets import fetch_named, record_path
 from adagen.config import Paths, params_hash
 from adagen.data import export_dataset, load_dataset
-from adagen.generators import PARADIGMS
+from adagen.generators import paradigm_of
 from adagen.generators.tokenizer import build_tokenizer, load_tokenizer, tokenizer_loss, tokenizer_quality
+from adagen.generators.latent import LatentDecoder, sd_vae
 from adagen.io import (
-    atomic_path, load_checkpoint, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
+    atomic_path, load_checkpoint, load_weights, read_state_dict, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
 )
 from adagen.metrics import (
     compute_reference, evaluate_images, held_out_fid, sanity_figures, save_classifier, train_classifier,
@@ -141,15 +143,82 @@ def train_tokenizer(params: dict, paths: Paths, run: StageRun, paradigm: str) ->
 
 
 def _tokenizer_of(paths: Paths, paradigm: str):
-    made_by = f"train-tokenizer --paradigm {paradigm}"
-    return load_tokenizer(load_checkpoint(require(paths.tokenizer(paradigm), made_by)))
+    made_by = f"train-tokenizer --paradigm {paradigm}` or `adagen get-generator --paradigm {paradigm}"
+    return load_tokenizer(_saved_network(load_checkpoint(require(paths.tokenizer(paradigm), made_by))))
+
+
+def _saved_network(entry: dict) -> dict:
+    """A saved network as {"config", "state_dict"}. A trained one holds its weights; a downloaded one names the
+    file `get-generator` fetched and verified (its size is checked again, hashing gigabytes at every load is not)."""
+    if "weights" not in entry:
+        return entry
+    return {"config": entry["config"], "state_dict": read_state_dict(entry["weights"], size=entry["size"])}
+
+
+def _weights_entry(path: Path) -> dict:
+    """How a generator file refers to a fetched weights file: where, its size, and the hash fetch verified."""
+    record = load_json(record_path(path))
+    return {"weights": str(path.resolve()), "size": path.stat().st_size, "sha256": record["sha256"],
+            "asset": record["name"], "license": record["license"]}
+
+
+def _vae_config(vae_params: dict) -> dict:
+    """diffusers AutoencoderKL settings of a params `vae` section (one encoder/decoder block per width)."""
+    levels = len(vae_params["block_out_channels"])
+    return {"block_out_channels": tuple(vae_params["block_out_channels"]), "layers_per_block": vae_params["layers_per_block"],
+            "latent_channels": vae_params["latent_channels"], "scaling_factor": vae_params["scaling_factor"],
+            "down_block_types": ("DownEncoderBlock2D",) * levels, "up_block_types": ("UpDecoderBlock2D",) * levels}
+
+
+def get_generator(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """A downloaded generator (`source: download`): fetch its weights (and its tokenizer's or VAE's) through the
+    asset registry, load them strictly into the configured networks, so a wrong file fails here, and write the
+    generator (and tokenizer) files the later stages read, which name the verified weights instead of copying
+    gigabytes. A generator trained by the pipeline comes from `pretrain` instead."""
+    started = time.perf_counter()
+    section, spec = params["generators"][paradigm], paradigm_of(paradigm)
+    if section.get("source", "pretrain") != "download":
+        raise ValueError(f"generators.{paradigm}: source is pretrain; run `adagen pretrain --paradigm {paradigm}`")
+    fetch = functools.partial(fetch_named, assets_params=params.get("assets"))
+    side, channels = params["data"]["resolution"], params["data"]["channels"]
+    extra, files = {}, {}
+    if spec.uses_tokenizer:
+        tokenizer_file = fetch(section["tokenizer"]["checkpoint"])
+        tokenizer = load_weights(tokenizer_file, build_tokenizer(section["tokenizer"]["network"], resolution=side,
+                                                                 channels=channels))
+        files["tokenizer"] = _weights_entry(tokenizer_file)
+        save_checkpoint(paths.tokenizer(paradigm), {"config": asdict(tokenizer.config), **files["tokenizer"]})
+        save_json(paths.tokenizer_info(paradigm), {**files["tokenizer"], "seconds": time.perf_counter() - started,
+                                                   "parameters": sum(p.numel() for p in tokenizer.parameters())})
+        extra["tokenizer"] = tokenizer
+    vae_entry = None
+    if section.get("vae"):  # a latent generator: it sees the VAE's latents, not pixels
+        vae_file, vae_config = fetch(section["vae"]["checkpoint"]), _vae_config(section["vae"])
+        load_weights(vae_file, sd_vae(**vae_config))
+        files["vae"] = _weights_entry(vae_file)
+        vae_entry = {"config": vae_config, **files["vae"]}
+        side //= 2 ** (len(vae_config["block_out_channels"]) - 1)
+        channels = vae_config["latent_channels"]
+    model_file = fetch(section["checkpoint"])
+    network = load_weights(model_file, spec.build_network(section["network"], resolution=side, channels=channels,
+                                                          num_classes=section["num_classes"], **extra))
+    files["generator"] = _weights_entry(model_file)
+    save_checkpoint(paths.generator(paradigm), {"paradigm": spec.name, "config": asdict(network.config),
+                                                **files["generator"], "vae": vae_entry})
+    info = {"source": "download", "files": files, "parameters": sum(p.numel() for p in network.parameters()),
+            "seconds": time.perf_counter() - started}
+    save_json(paths.generator_info(paradigm), info)
+    run.log_metrics({"parameters": info["parameters"]})
+    for entry in files.values():
+        run.set_tags({f"weights.{entry['asset']}.sha256": entry["sha256"], f"license.{entry['asset']}": entry["license"]})
+    return info
 
 
 def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     section = params["generators"][paradigm]
-    spec = PARADIGMS[paradigm]
+    spec = paradigm_of(paradigm)
     dataset_hash = load_json(require(paths.dataset_info, "prepare-data"))["sha256"]
     settings = {"data": dataset_hash, **{key: section[key] for key in ("network", "objective", "pretrain")}}
     token_args = {}
@@ -174,10 +243,16 @@ def pretrain(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
 
 def generator_factory(paths: Paths, paradigm: str):
     """Load a pretrained generator (and its tokenizer) once; return sampling settings -> step-wise sampler."""
-    spec = PARADIGMS[paradigm]
-    network = spec.load_network(load_checkpoint(require(paths.generator(paradigm), f"pretrain --paradigm {paradigm}")))
-    token_args = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
-    return lambda sampling: spec.make_generator(network, sampling, **token_args)
+    spec = paradigm_of(paradigm)
+    made_by = f"pretrain --paradigm {paradigm}` or `adagen get-generator --paradigm {paradigm}"
+    saved = load_checkpoint(require(paths.generator(paradigm), made_by))
+    network = spec.load_network(_saved_network(saved))
+    extra = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
+    if saved.get("vae"):
+        vae = sd_vae(**saved["vae"]["config"])
+        vae.load_state_dict(read_state_dict(saved["vae"]["weights"], size=saved["vae"]["size"]))
+        extra["decoder"] = LatentDecoder(vae)
+    return lambda sampling: spec.make_generator(network, sampling, **extra)
 
 
 def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | None = None):
@@ -493,9 +568,12 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
     if any(variant in POLICY_VARIANTS for variant in params["variants"]):
         times["train-reward-backbone"] = load_json(paths.reward_backbone_info)["seconds"]
     for paradigm in params["paradigms"]:
-        if PARADIGMS[paradigm].uses_tokenizer:
-            times[f"train-tokenizer {paradigm}"] = load_json(paths.tokenizer_info(paradigm))["seconds"]
-        times[f"pretrain {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
+        if params["generators"][paradigm].get("source") == "download":  # one stage fetches generator and tokenizer
+            times[f"get-generator {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
+        else:
+            if paradigm_of(paradigm).uses_tokenizer:
+                times[f"train-tokenizer {paradigm}"] = load_json(paths.tokenizer_info(paradigm))["seconds"]
+            times[f"pretrain {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
         for variant in params["variants"]:
             if variant in POLICY_VARIANTS:
                 times[f"train {paradigm} {variant}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]

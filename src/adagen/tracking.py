@@ -89,6 +89,12 @@ class StageRun:
         with self._locked():
             self._client.log_artifact(self.run_id, str(path), folder)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        with self._locked():
+            self._client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
 
 class UntrackedRun:
     """A StageRun that records nothing: the other ranks of a distributed stage (rank 0 tracks)."""
@@ -99,6 +105,9 @@ class UntrackedRun:
         pass
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
 

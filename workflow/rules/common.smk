@@ -1,11 +1,12 @@
 # Params set, validation and paths shared by every rule.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from adagen.config import Paths, validate_params
-from adagen.generators import PARADIGMS
+from adagen.generators import paradigm_of
 from adagen.stages import POLICY_VARIANTS, VARIANTS
 
 min_version("9.0")
@@ -25,7 +26,16 @@ validate(config, "../schemas/params.schema.yaml")
 validate_params(config, PARAMS_FILE)  # the cross-key rules the CLI applies too
 PATHS = Paths.for_params_file(PARAMS_FILE)
 LOGS = f"logs/{PATHS.set_name}"
-TOKEN_PARADIGMS = [name for name, paradigm in PARADIGMS.items() if paradigm.uses_tokenizer]
+# Settings (`var`, `var-d16`, ...) by what they need: a VQ tokenizer (token paradigms), and whether their generator
+# is trained here (source pretrain, the embedded default) or downloaded (source download, full scale).
+TOKEN_PARADIGMS = [name for name in config["paradigms"] if paradigm_of(name).uses_tokenizer]
+DOWNLOADED = [name for name in config["paradigms"] if config["generators"][name].get("source") == "download"]
+PRETRAINED = [name for name in config["paradigms"] if name not in DOWNLOADED]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (one that matches nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 def training_threads():
@@ -38,5 +48,5 @@ def training_threads():
 
 
 wildcard_constraints:
-    paradigm="|".join(PARADIGMS),
+    paradigm=one_of(config["paradigms"]),
     variant="|".join(VARIANTS),

@@ -9,7 +9,7 @@ rule train_tokenizer:
         model=str(PATHS.tokenizer("{paradigm}")),
         info=str(PATHS.tokenizer_info("{paradigm}")),
     wildcard_constraints:
-        paradigm="|".join(TOKEN_PARADIGMS),
+        paradigm=one_of([name for name in TOKEN_PARADIGMS if name in PRETRAINED]),
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm]["tokenizer"],
     threads: training_threads()
@@ -32,6 +32,8 @@ rule pretrain:
     output:
         model=str(PATHS.generator("{paradigm}")),
         info=str(PATHS.generator_info("{paradigm}")),
+    wildcard_constraints:
+        paradigm=one_of(PRETRAINED),
     params:
         network=lambda wildcards: config["generators"][wildcards.paradigm]["network"],
         objective=lambda wildcards: config["generators"][wildcards.paradigm]["objective"],
@@ -41,6 +43,32 @@ rule pretrain:
         f"{LOGS}/pretrain-{{paradigm}}.log",
     shell:
         "adagen pretrain --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
+
+
+# Full scale: official weights through the asset registry instead of the two rules above. A token paradigm's
+# tokenizer comes with its generator, so its rule has the tokenizer among its outputs.
+rule get_generator:
+    output:
+        model=str(PATHS.generator("{paradigm}")),
+        info=str(PATHS.generator_info("{paradigm}")),
+    wildcard_constraints:
+        paradigm=one_of([name for name in DOWNLOADED if name not in TOKEN_PARADIGMS]),
+    params:
+        section=lambda wildcards: config["generators"][wildcards.paradigm],
+    log:
+        f"{LOGS}/get-generator-{{paradigm}}.log",
+    shell:
+        "adagen get-generator --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
+
+
+use rule get_generator as get_token_generator with:
+    output:
+        model=str(PATHS.generator("{paradigm}")),
+        info=str(PATHS.generator_info("{paradigm}")),
+        tokenizer=str(PATHS.tokenizer("{paradigm}")),
+        tokenizer_info=str(PATHS.tokenizer_info("{paradigm}")),
+    wildcard_constraints:
+        paradigm=one_of([name for name in DOWNLOADED if name in TOKEN_PARADIGMS]),
 
 
 def schedule_of(wildcards):

@@ -60,3 +60,13 @@ def fetch(asset: Asset, folder: str | os.PathLike, *, mirror: str | os.PathLike 
         save_json(record_path(destination), {"name": asset.name, "source": source, "size": destination.stat().st_size,
                                              "sha256": digest, "license": asset.license})
     return destination
+
+
+def fetch_named(name: str, assets_params: dict | None, *, say=print) -> Path:
+    """The registry's asset `name`, fetched as a params set's `assets` section says (folder, mirror, local files)."""
+    registry = load_registry()
+    if name not in registry:
+        raise ValueError(f"unknown asset {name!r} (known: {', '.join(sorted(registry))})")
+    section = assets_params or {}
+    return fetch(registry[name], section.get("folder", "data/assets"), mirror=section.get("mirror"),
+                 local=section.get("local", {}).get(name), say=say)

@@ -42,6 +42,15 @@ PARADIGMS: dict[str, Paradigm] = {
 }
 
 
+def paradigm_of(setting: str) -> Paradigm:
+    """The paradigm of a setting: a params set names each generator it runs `<paradigm>` or `<paradigm>-<tag>`,
+    so one set can hold two settings of a paradigm (the paper's VAR-d16 and VAR-d30 are `var-d16`, `var-d30`)."""
+    name = setting.split("-", 1)[0]
+    if name not in PARADIGMS:
+        raise ValueError(f"setting {setting!r}: its name must start with a paradigm ({', '.join(PARADIGMS)})")
+    return PARADIGMS[name]
+
+
 def full_size_parameter_counts() -> dict[tuple[str, str], int]:
     """{(paradigm, setting): parameters} of every full-size network, built on the meta device (no memory)."""
     import torch

@@ -295,8 +295,8 @@ class DiTGenerator(StepwiseGenerator):
         )
 
     @classmethod
-    def from_params(cls, network: DiT, sampling_params: dict) -> "DiTGenerator":
-        return cls(network, **sampling_params)
+    def from_params(cls, network: DiT, sampling_params: dict, decoder: nn.Module | None = None) -> "DiTGenerator":
+        return cls(network, **sampling_params, decoder=decoder)
 
     @staticmethod
     def make_schedule():
