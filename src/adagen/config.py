@@ -78,6 +78,15 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append("evaluator.weights_path: only used by kind 'inception' (the classifier is trained)")
     if params["evaluator"]["kind"] == "inception" and not params["evaluator"]["weights_path"]:
         problems.append("evaluator.weights_path: required by kind 'inception' (no downloads at run time)")
+    reference = params["metrics"].get("reference", {"source": "val"})
+    if reference["source"] == "file" and ("checkpoint" in reference) == ("path" in reference):
+        problems.append("metrics.reference: source file needs one of checkpoint (a registry asset) or path")
+    if reference["source"] == "val" and ({"checkpoint", "path"} & set(reference)):
+        problems.append("metrics.reference: checkpoint and path are for source file")
+    if "adagen" in params["metrics"].get("protocols", []) and params["evaluator"]["kind"] != "inception":
+        problems.append("metrics.protocols: the adagen protocol is defined on Inception features (evaluator.kind inception)")
+    if reference["source"] == "file" and params["evaluator"]["kind"] != "inception":
+        problems.append("metrics.reference: published reference statistics are Inception features (evaluator.kind inception)")
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
@@ -110,8 +119,9 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append(f"adagen.discriminator.block_indices: the backbone has {backbone['depth']} blocks")
     if backbone["embed_dim"] % backbone["num_heads"]:
         problems.append("adagen.reward_backbone.network.num_heads: must divide embed_dim")
-    if data["resolution"] % backbone["patch_size"]:
-        problems.append("adagen.reward_backbone.network.patch_size: must divide data.resolution")
+    backbone_side = adagen["reward_backbone"].get("image_size", data["resolution"])
+    if backbone_side % backbone["patch_size"]:
+        problems.append(f"adagen.reward_backbone.network.patch_size: must divide the backbone's input side {backbone_side}")
     # Settings are named after their paradigm (the schema's patterns): `var-d16` is a setting of var.
     for setting, section in params["generators"].items():
         paradigm, key = setting.split("-", 1)[0], f"generators.{setting}"
@@ -142,6 +152,11 @@ def _asset_problems(params: dict) -> list[str]:
     from adagen.assets import load_registry
 
     named = {f"assets.local.{name}": name for name in params.get("assets", {}).get("local", {})}
+    for key, section in (("evaluator", params["evaluator"]), ("metrics.reference", params["metrics"].get("reference", {}))):
+        if "checkpoint" in section:
+            named[f"{key}.checkpoint"] = section["checkpoint"]
+    if "checkpoint" in params["adagen"]["reward_backbone"]:
+        named["adagen.reward_backbone.checkpoint"] = params["adagen"]["reward_backbone"]["checkpoint"]
     for setting, section in params["generators"].items():
         for key, owner in (("checkpoint", section), ("tokenizer.checkpoint", section.get("tokenizer") or {}),
                            ("vae.checkpoint", section.get("vae") or {})):

@@ -24,7 +24,7 @@ from adagen import stages
 from adagen.config import Paths, load_params
 from adagen.generators import paradigm_of
 from adagen.io import atomic_path, load_checkpoint, load_json
-from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
+from adagen.reward.backbone import backbone_input, load_backbone
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
 from adagen.sampling import class_balanced_labels, sample_images
 
@@ -52,11 +52,10 @@ def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) 
     """The discriminator trained jointly with a policy variant (its heads are kept in the policy file)."""
     saved = load_checkpoint(stages.require(paths.policy(paradigm, variant),
                                            f"train --paradigm {paradigm} --variant {variant}"))
-    backbone = load_backbone(load_checkpoint(stages.require(paths.reward_backbone, "train-reward-backbone")))
+    saved_backbone = load_checkpoint(stages.require(paths.reward_backbone, "train-reward-backbone"))
     info = load_json(stages.require(paths.dataset_info, "prepare-data"))
-    discriminator = ProjectedDiscriminator(backbone, discriminator_config(
-        params["adagen"]["discriminator"], num_classes=info["num_classes"], resolution=info["resolution"],
-        mean=(UNIT_MEAN,), std=(UNIT_STD,)))
+    discriminator = ProjectedDiscriminator(load_backbone(saved_backbone), discriminator_config(
+        params["adagen"]["discriminator"], num_classes=info["num_classes"], **backbone_input(saved_backbone)))
     discriminator.load_state_dict({**discriminator.state_dict(), **saved["discriminator"]})
     return discriminator.eval()
 

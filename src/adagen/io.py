@@ -104,6 +104,15 @@ def read_state_dict(path: str | os.PathLike, unwrap: tuple[str, ...] = ("ema", "
     return state
 
 
+def saved_state_dict(entry: dict) -> dict[str, torch.Tensor]:
+    """The weights of a saved network entry: held in it ("state_dict"), or, for downloaded networks, in the
+    fetched and verified file it names ("weights", with its "size", checked again: hashing gigabytes at every
+    load is not worth it)."""
+    if "weights" in entry:
+        return read_state_dict(entry["weights"], size=entry["size"])
+    return entry["state_dict"]
+
+
 def load_weights(path: str | os.PathLike, network: torch.nn.Module,
                  unwrap: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
     """Load an official (or our) weights file into `network`, strictly, with `weights_only=True`.

@@ -34,10 +34,13 @@ import torch_fidelity
 import torch_fidelity.registry
 from torch import Tensor, nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
 from tqdm import tqdm
 
 from adagen.io import load_checkpoint, load_json, save_checkpoint, save_json, sha256_of_arrays, sha256_of_file
-from adagen.reward.backbone import UNIT_MEAN, UNIT_STD, load_backbone
+from adagen.reward.backbone import backbone_input, load_backbone
 
 #: Name under which the trained classifier is registered with torch-fidelity.
 CLASSIFIER_EXTRACTOR_NAME = "adagen-classifier"
@@ -325,7 +328,8 @@ class RewardBackboneFeatureExtractor(ClassifierFeatureExtractor):
         FeatureExtractorBase.__init__(self, name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{name} needs feature_extractor_weights_path (a train-reward-backbone checkpoint)")
-        self.backbone = load_backbone(load_checkpoint(feature_extractor_weights_path))
+        saved = load_checkpoint(feature_extractor_weights_path)
+        self.backbone, self.input = load_backbone(saved), backbone_input(saved)
 
     def forward(self, images_B3HW: Tensor) -> tuple[Tensor, ...]:
         if images_B3HW.dtype != torch.uint8 or images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3:
@@ -333,7 +337,11 @@ class RewardBackboneFeatureExtractor(ClassifierFeatureExtractor):
         images = images_B3HW.float() / 255.0
         if self.backbone.patch_embed.proj.in_channels == 1:
             images = images.mean(dim=1, keepdim=True)  # grey images arrive replicated to RGB
-        tokens = self.backbone.forward_features((images - UNIT_MEAN) / UNIT_STD)
+        side, mean, std = self.input["resolution"], self.input["mean"], self.input["std"]
+        if images.shape[-1] != side:
+            images = F.interpolate(images, size=(side, side), mode="area")  # as the discriminator sees them
+        normalised = (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        tokens = self.backbone.forward_features(normalised)
         features = self.backbone.forward_head(tokens, pre_logits=True)
         outputs = {"features": features, "logits": self.backbone.head(features)}
         return tuple(outputs[name] for name in self.features_list)
@@ -636,3 +644,79 @@ def sanity_figures(
         "fid_train_vs_val": float(_against_reference(train_images, *common, fid=True)[torch_fidelity.KEY_METRIC_FID]),
         "fid_noise_vs_val": float(_against_reference(noise, *common, fid=True)[torch_fidelity.KEY_METRIC_FID]),
     }
+
+
+# ------------------------------------------------------------------------- published reference statistics
+
+
+def import_reference_statistics(mu: np.ndarray, sigma: np.ndarray, evaluator_params: Mapping[str, Any],
+                                cache_dir: str | os.PathLike) -> None:
+    """Replace the cached FID statistics of the reference with published ones (ADM's reference batch holds the
+    statistics of the whole train set, its images only a 10 000 subset for KID and precision/recall).
+
+    Written where torch-fidelity looks the statistics up, in the types it computes them in (float32 mean of float32
+    features, float64 covariance), so that every later `calculate_metrics` call compares with them."""
+    extractor = _extractor_name(evaluator_params)
+    feature_layer, _ = _FEATURE_LAYERS[evaluator_params["kind"]]
+    mu, sigma = np.asarray(mu, dtype=np.float32), np.asarray(sigma, dtype=np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"reference statistics: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+    save_checkpoint(Path(cache_dir) / f"{REFERENCE_CACHE_NAME}-{extractor}-stat-fid-{feature_layer}.pt",
+                    {"mu": mu, "sigma": sigma})
+
+
+# ----------------------------------------------------------------------------------- the AdaGen protocol
+
+
+class AdaGenProtocolInception(FeatureExtractorInceptionV3):
+    """torch-fidelity's FID Inception with the input path of the AdaGen release's evaluation (METHOD.md 8):
+    float images in [0, 1] straight from the decoder (no uint8 rounding, no PNG), PyTorch's bilinear resize to
+    299 (align_corners False) instead of the TF1-compatible one, then 2x - 1.
+
+    The network and its layer order stay torch-fidelity's: the parent's forward runs on a placeholder, and a
+    pre-hook on its first convolution swaps in the input prepared here. Features "2048" and "logits_unbiased".
+    """
+
+    SIDE = 299
+
+    def __init__(self, weights_path: str | os.PathLike):
+        super().__init__("adagen-protocol-inception", ["2048", "logits_unbiased"],
+                         feature_extractor_weights_path=str(weights_path))
+        self._prepared: Tensor | None = None
+        self.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: (self._prepared,))
+
+    @torch.no_grad()
+    def forward(self, images_BCHW: Tensor) -> tuple[Tensor, Tensor]:
+        if not images_BCHW.is_floating_point():
+            raise ValueError(f"the AdaGen protocol takes float images in [0, 1], got {images_BCHW.dtype}")
+        x = images_BCHW.clamp(0, 1).to(self.feature_extractor_internal_dtype)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.SIDE, self.SIDE), mode="bilinear", align_corners=False)
+        self._prepared = 2 * x - 1
+        try:
+            placeholder = torch.zeros(x.shape[0], 3, self.SIDE, self.SIDE, dtype=torch.uint8, device=x.device)
+            return super().forward(placeholder)
+        finally:
+            self._prepared = None
+
+    def features(self, images_BCHW: Tensor) -> dict[str, np.ndarray]:
+        """What the sample stage stores per image: pool features and unbiased logits."""
+        pool, logits = self(images_BCHW)
+        return {"adagen_features": pool.cpu().numpy(), "adagen_logits": logits.cpu().numpy()}
+
+
+def adagen_protocol_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+    return fid_features_to_statistics(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+
+
+def adagen_protocol_scores(features: np.ndarray, logits: np.ndarray, reference: Mapping[str, np.ndarray],
+                           isc_splits: int) -> dict[str, float]:
+    """FID against the reference statistics and IS on shuffled logits (seed 2020), as the AdaGen release does."""
+    statistics = adagen_protocol_statistics(features)
+    reference = {"mu": np.asarray(reference["mu"], dtype=np.float32),
+                 "sigma": np.asarray(reference["sigma"], dtype=np.float64)}
+    fid = fid_statistics_to_metric(statistics, reference, verbose=False)[torch_fidelity.KEY_METRIC_FID]
+    isc = isc_features_to_metric(torch.from_numpy(np.asarray(logits)), splits=min(isc_splits, len(logits)),
+                                 shuffle=True, rng_seed=2020)
+    return {"fid_adagen": float(fid), "isc_adagen": float(isc[torch_fidelity.KEY_METRIC_ISC_MEAN])}

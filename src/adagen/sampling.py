@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,13 +36,15 @@ def sample_images(
     batch_size: int,
     policy: Policy | None = None,
     progress: bool = True,
+    features: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
 ) -> dict:
     """Generate one image per label; sample i uses seed + i, so batch size does not change the images.
 
     Returns {"images": uint8 (N, C, H, W), "labels", "actions": {name: float32 (N, T) as applied}, "nfe",
-    "forwards", "seconds"}.
+    "forwards", "seconds"}, and "features" when `features` is given: what it returns for each batch of float
+    images before they are rounded to uint8 (the AdaGen FID protocol measures those), concatenated.
     """
-    chunks, actions, nfe, forwards = [], [], 0, 0
+    chunks, actions, extracted, nfe, forwards = [], [], [], 0, 0
     started = time.perf_counter()
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="sample", disable=not progress, mininterval=2.0):
@@ -49,9 +52,13 @@ def sample_images(
         rng = SampleRNG(range(seed + start, seed + start + len(batch_labels)))
         result = rollout(generator, batch_labels, rng, policy)
         chunks.append(to_uint8(result.images))
+        if features is not None:
+            extracted.append(features(result.images))
         actions.append({name: values.float().cpu().numpy() for name, values in result.actions.items()})
         nfe, forwards = result.nfe, result.forwards
     return {
+        **({"features": {key: np.concatenate([batch[key] for batch in extracted]) for key in extracted[0]}}
+           if features is not None else {}),
         "images": np.concatenate(chunks),
         "labels": labels.astype(np.int64),
         "actions": {name: np.concatenate([batch[name] for batch in actions]) for name in actions[0]},

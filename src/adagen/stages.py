@@ -27,9 +27,10 @@ from adagen.generators import paradigm_of
 from adagen.generators.tokenizer import build_tokenizer, load_tokenizer, tokenizer_loss, tokenizer_quality
 from adagen.generators.latent import LatentDecoder, sd_vae
 from adagen.io import (
-    atomic_path, load_checkpoint, load_weights, read_state_dict, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
+    atomic_path, load_checkpoint, load_weights, saved_state_dict, load_json, load_npz, save_checkpoint, save_json, save_npz, sha256_of_file,
 )
 from adagen.metrics import (
+    AdaGenProtocolInception, adagen_protocol_scores, adagen_protocol_statistics, import_reference_statistics,
     compute_reference, evaluate_images, held_out_fid, sanity_figures, save_classifier, train_classifier,
 )
 from adagen.policy.actions import ActionMap
@@ -38,7 +39,7 @@ from adagen.plots import plot_schedules, plot_training
 from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
 from adagen.reward.backbone import (
-    UNIT_MEAN, UNIT_STD, accuracy, backbone_config, classification_loss, classifier_confidence, load_backbone,
+    IMAGENET_MEAN, IMAGENET_STD, accuracy, backbone_config, backbone_input, classification_loss, classifier_confidence, load_backbone,
 )
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
 from adagen.rl.train import PPOSettings, train_adagen
@@ -80,6 +81,10 @@ def train_evaluator(params: dict, paths: Paths, run: StageRun) -> dict:
     if evaluator["kind"] == "inception":
         # Nothing to train: record which weights file every later metric uses, so a swapped file is caught.
         weights = Path(evaluator["weights_path"])
+        if not weights.is_file() and evaluator.get("checkpoint"):
+            fetched = fetch_named(evaluator["checkpoint"], {**(params.get("assets") or {}), "folder": str(weights.parent)})
+            if fetched != weights:
+                raise ValueError(f"evaluator.weights_path: asset {evaluator['checkpoint']} is fetched as {fetched}")
         if not weights.is_file():
             raise MissingInput(f"evaluator.weights_path: {weights} not found (inception-v3-compat weights, "
                                "pt_inception-2015-12-05-6726825d.pth)")
@@ -100,13 +105,48 @@ def train_evaluator(params: dict, paths: Paths, run: StageRun) -> dict:
     return info
 
 
+ADAGEN_REFERENCE = "adagen-protocol.npz"  # in the refstats folder: the AdaGen protocol's reference mu, sigma
+
+
+def _reference(params: dict, dataset) -> tuple[np.ndarray, dict | None]:
+    """The reported metrics' reference: the val split's images, or a published reference file's images (NCHW)
+    and its statistics (`metrics.reference`)."""
+    section = params["metrics"].get("reference", {"source": "val"})
+    if section["source"] == "val":
+        return dataset.val_images, None
+    path = fetch_named(section["checkpoint"], params.get("assets")) if "checkpoint" in section else Path(section["path"])
+    published = load_npz(require(path, "fetch"))
+    missing = [key for key in ("arr_0", "mu", "sigma") if key not in published]
+    if missing:
+        raise ValueError(f"{path}: a reference file holds arr_0 (images), mu and sigma (ADM's reference batch "
+                         f"format); {', '.join(missing)} missing")
+    info = {"file": str(path), "sha256": sha256_of_file(path), "n_images": len(published["arr_0"])}
+    return np.ascontiguousarray(published["arr_0"].transpose(0, 3, 1, 2)), {**published, "info": info}
+
+
 def refstats(params: dict, paths: Paths, run: StageRun) -> dict:
+    """The reference of the reported metrics: its features cached for torch-fidelity (with the published FID
+    statistics where the reference is a file), the AdaGen protocol's statistics, and sanity figures."""
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     evaluator = require(paths.evaluator, "train-evaluator")
     args = (params["evaluator"], params["metrics"], evaluator, paths.refstats_dir)
-    info = compute_reference(dataset.val_images, *args)
-    info["sanity"] = sanity_figures(dataset.train_images, dataset.val_images, *args)
+    reference_images, published = _reference(params, dataset)
+    info = compute_reference(reference_images, *args)
+    if published is not None:
+        import_reference_statistics(published["mu"], published["sigma"], params["evaluator"], paths.refstats_dir)
+        info["published"] = published["info"]
+    if "adagen" in params["metrics"].get("protocols", []):
+        if published is not None:  # the file's statistics serve both protocols
+            statistics = {"mu": published["mu"], "sigma": published["sigma"]}
+        else:
+            extractor = AdaGenProtocolInception(params["evaluator"]["weights_path"])
+            batches = [extractor.features(torch.from_numpy(reference_images[i : i + 100]).float() / 255.0)
+                       for i in range(0, len(reference_images), 100)]
+            statistics = adagen_protocol_statistics(np.concatenate([b["adagen_features"] for b in batches]))
+        save_npz(paths.refstats_dir / ADAGEN_REFERENCE, mu=np.asarray(statistics["mu"]),
+                 sigma=np.asarray(statistics["sigma"]))
+    info["sanity"] = sanity_figures(dataset.train_images, reference_images, *args)
     info["seconds"] = time.perf_counter() - started
     save_json(paths.refstats_info, info)
     run.log_metrics(info["sanity"])
@@ -148,11 +188,8 @@ def _tokenizer_of(paths: Paths, paradigm: str):
 
 
 def _saved_network(entry: dict) -> dict:
-    """A saved network as {"config", "state_dict"}. A trained one holds its weights; a downloaded one names the
-    file `get-generator` fetched and verified (its size is checked again, hashing gigabytes at every load is not)."""
-    if "weights" not in entry:
-        return entry
-    return {"config": entry["config"], "state_dict": read_state_dict(entry["weights"], size=entry["size"])}
+    """A saved network as {"config", "state_dict"}, whether it holds its weights or names a downloaded file."""
+    return {"config": entry["config"], "state_dict": saved_state_dict(entry)}
 
 
 def _weights_entry(path: Path) -> dict:
@@ -250,7 +287,7 @@ def generator_factory(paths: Paths, paradigm: str):
     extra = {"tokenizer": _tokenizer_of(paths, paradigm)} if spec.uses_tokenizer else {}
     if saved.get("vae"):
         vae = sd_vae(**saved["vae"]["config"])
-        vae.load_state_dict(read_state_dict(saved["vae"]["weights"], size=saved["vae"]["size"]))
+        vae.load_state_dict(saved_state_dict(saved["vae"]))
         extra["decoder"] = LatentDecoder(vae)
     return lambda sampling: spec.make_generator(network, sampling, **extra)
 
@@ -294,12 +331,24 @@ def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dic
 
 
 def train_reward_backbone(params: dict, paths: Paths, run: StageRun) -> dict:
-    """The discriminator's frozen features: a tiny timm ViT trained as a classifier on the train split."""
+    """The discriminator's frozen features: a tiny timm ViT trained as a classifier on the train split, or at full
+    scale (`source: download`) DINO ViT-S/16's weights fetched through the registry."""
     from timm.models.vision_transformer import VisionTransformer
 
     started = time.perf_counter()
-    dataset = load_dataset(require(paths.dataset, "prepare-data"))
     section = params["adagen"]["reward_backbone"]
+    if section.get("source") == "download":
+        weights = fetch_named(section["checkpoint"], params.get("assets"))
+        # DINO has no classifier head (num_classes 0) and sees ImageNet-normalised RGB at its own side.
+        config = dict(section["network"], img_size=section["image_size"], in_chans=3, num_classes=0)
+        backbone = load_weights(weights, VisionTransformer(**config))
+        save_checkpoint(paths.reward_backbone, {"config": config, **_weights_entry(weights),
+                                                "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+        info = {"source": "download", **_weights_entry(weights), "seconds": time.perf_counter() - started,
+                "parameters": sum(p.numel() for p in backbone.parameters())}
+        save_json(paths.reward_backbone_info, info)
+        return info
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
     config = backbone_config(section["network"], resolution=dataset.resolution, channels=dataset.channels,
                              num_classes=dataset.num_classes)
     torch.manual_seed(section["train"]["seed"])
@@ -347,11 +396,11 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     start = sampling_settings(params, paths, paradigm, adagen["start_from"])
     generator = load_generator(params, paths, paradigm, start)
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
-    backbone = load_backbone(load_checkpoint(require(paths.reward_backbone, "train-reward-backbone")))
+    saved_backbone = load_checkpoint(require(paths.reward_backbone, "train-reward-backbone"))
+    backbone = load_backbone(saved_backbone)
     torch.manual_seed(adagen["ppo"]["seed"])  # initial weights of the discriminator heads, policy and critic
     discriminator = ProjectedDiscriminator(backbone, discriminator_config(
-        adagen["discriminator"], num_classes=dataset.num_classes, resolution=dataset.resolution,
-        mean=(UNIT_MEAN,), std=(UNIT_STD,)))
+        adagen["discriminator"], num_classes=dataset.num_classes, **backbone_input(saved_backbone)))
     sizes = dict(feature_dim=generator.feature_dim, grid=generator.feature_grid)
     policy = build_policy(adagen["policy"], **sizes, num_outputs=len(generator.action_specs))
     critic = build_policy(adagen["policy"], **sizes, num_outputs=1)
@@ -413,8 +462,13 @@ def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: st
     num_classes = load_json(require(paths.dataset_info, "prepare-data"))["num_classes"]
     section = params["sample"]
     labels = class_balanced_labels(section["n_samples"], num_classes)
-    runs = [sample_images(generator, labels, seed=seed, batch_size=section["batch_size"], policy=policy)
-            for seed in section["seeds"]]
+    # The AdaGen protocol measures the float images as decoded: their features are taken here, before rounding.
+    features = (AdaGenProtocolInception(params["evaluator"]["weights_path"]).features
+                if "adagen" in params["metrics"].get("protocols", []) else None)
+    runs = [sample_images(generator, labels, seed=seed, batch_size=section["batch_size"], policy=policy,
+                          features=features) for seed in section["seeds"]]
+    extracted = {key: np.concatenate([result["features"][key] for result in runs])
+                 for key in (runs[0].get("features") or {})}
     images = np.concatenate([result["images"] for result in runs])
     actions = {f"action_{name}": np.concatenate([result["actions"][name] for result in runs])
                for name in runs[0]["actions"]}
@@ -422,7 +476,7 @@ def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: st
     nfe, forwards = runs[0]["nfe"], runs[0]["forwards"]
     save_npz(paths.samples(paradigm, variant), images=images, labels=np.tile(labels, len(runs)),
              seeds=np.repeat(np.asarray(section["seeds"], dtype=np.int64), len(labels)), **actions,
-             settings=np.asarray(json.dumps(settings)),
+             settings=np.asarray(json.dumps(settings)), **extracted,
              nfe=np.int64(nfe), forwards=np.int64(forwards), seconds=np.float64(seconds))
     save_grid(paths.grid(paradigm, variant), runs[0]["images"], labels)
     run.log_metrics({"nfe": nfe, "forwards": forwards, "seconds": seconds})
@@ -430,7 +484,8 @@ def sample(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: st
     return {"nfe": nfe, "forwards": forwards, "seconds": seconds}
 
 
-SEED_METRICS = ("fid", "isc", "kid", "precision", "recall")  # averaged over the evaluation seeds, with their spread
+# Averaged over the evaluation seeds, with their spread (the AdaGen protocol's two where it is reported).
+SEED_METRICS = ("fid", "isc", "kid", "precision", "recall", "fid_adagen", "isc_adagen")
 
 
 def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
@@ -438,14 +493,24 @@ def evaluate(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: 
     started = time.perf_counter()
     samples = load_npz(require(paths.samples(paradigm, variant), f"sample --paradigm {paradigm} --variant {variant}"))
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    reference_images, _ = _reference(params, dataset)
+    adagen_protocol = "adagen" in params["metrics"].get("protocols", [])
+    if adagen_protocol and "adagen_features" not in samples:
+        raise MissingInput(f"{paths.samples(paradigm, variant)} has no AdaGen-protocol features: rerun `adagen "
+                           f"sample --paradigm {paradigm} --variant {variant}` with metrics.protocols [.., adagen]")
     per_seed = []
     for seed in np.unique(samples["seeds"]):
-        scores = evaluate_images(samples["images"][samples["seeds"] == seed], dataset.val_images, params["evaluator"],
+        chosen = samples["seeds"] == seed
+        scores = evaluate_images(samples["images"][chosen], reference_images, params["evaluator"],
                                  params["metrics"], require(paths.evaluator, "train-evaluator"),
                                  require(paths.refstats_dir, "refstats"))
+        if adagen_protocol:
+            scores |= adagen_protocol_scores(samples["adagen_features"][chosen], samples["adagen_logits"][chosen],
+                                             load_npz(paths.refstats_dir / ADAGEN_REFERENCE),
+                                             params["metrics"]["isc_splits"])
         per_seed.append({"seed": int(seed), **scores})
     summary = {}
-    for key in SEED_METRICS:
+    for key in (key for key in SEED_METRICS if key in per_seed[0]):
         values = np.array([scores[key] for scores in per_seed])
         summary[key] = float(values.mean())
         summary[f"{key}_spread"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -512,12 +577,15 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     """summary.csv and summary.md: one row per paradigm and variant (mean and spread over the evaluation seeds),
     the paired gains of the adaptive policy, sanity figures, stage times, schedule plots and sample grids."""
     rows = []
+    columns = SUMMARY_COLUMNS
+    if "adagen" in params["metrics"].get("protocols", []):  # the AdaGen protocol's FID and IS beside the standard ones
+        columns = (*columns[:4], "fid_adagen", "fid_adagen_spread", *columns[4:5], "isc_adagen", *columns[5:])
     for paradigm in params["paradigms"]:
         for variant in params["variants"]:
             metrics = load_json(require(paths.metrics(paradigm, variant), f"evaluate --paradigm {paradigm}"))
-            rows.append({column: metrics.get(column, "") for column in SUMMARY_COLUMNS})
+            rows.append({column: metrics.get(column, "") for column in columns})
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(paths.summary_csv) as tmp:
@@ -529,8 +597,8 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
              f"Every variant of a paradigm is sampled with the same labels and initial noise (common random numbers), "
              f"{params['sample']['n_samples']} samples per seed, {seeds} seeds; FID is mean +- standard deviation "
              "over the seeds.", "",
-             "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in SUMMARY_COLUMNS) + " |" for row in rows]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for row in rows]
     gains = paired_gains(params, paths)
     if gains:
         lines += ["", "## Adaptive vs baselines (FID ratio per seed, paired)", "",

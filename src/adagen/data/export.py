@@ -16,6 +16,7 @@ from adagen.data.dataset import (
     LabelledImages,
 )
 from adagen.data.folder import read_folder
+from adagen.data.imaging import CROPS
 from adagen.data.mnist import read_mnist5k
 from adagen.data.npz_source import read_npz_source
 from adagen.data.split import stratified_split
@@ -23,6 +24,7 @@ from adagen.io import save_npz, sha256_of_arrays
 
 SOURCES = ("mnist5k", "folder", "npz")
 PARAM_KEYS = ("source", "path", "resolution", "channels", "val_fraction", "split_seed")
+OPTIONAL_KEYS = {"crop": "fit", "per_class": None}  # folder sources only
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class DataParams:
     channels: int
     val_fraction: float
     split_seed: int
+    crop: str = "fit"  # "adm": ADM's centre crop (ImageNet); "fit": one resize of the centred square
+    per_class: int | None = None  # a class-balanced subset of a folder source
 
 
 def export_dataset(data_params: dict, out_npz: str | Path) -> dict:
@@ -63,7 +67,7 @@ def check_params(data_params: Mapping[str, Any]) -> DataParams:
     if not isinstance(data_params, Mapping):
         raise DatasetError(f"data params must be a mapping, got {type(data_params).__name__}")
     missing = [key for key in PARAM_KEYS if key not in data_params]
-    unknown = sorted(set(data_params) - set(PARAM_KEYS))
+    unknown = sorted(set(data_params) - set(PARAM_KEYS) - set(OPTIONAL_KEYS))
     if missing or unknown:
         raise DatasetError(
             f"data params: missing keys {missing}, unknown keys {unknown}; expected {list(PARAM_KEYS)}"
@@ -78,7 +82,19 @@ def check_params(data_params: Mapping[str, Any]) -> DataParams:
         channels=_checked_channels(data_params),
         val_fraction=_checked_fraction(data_params),
         split_seed=_checked_int(data_params, "split_seed", minimum=0),
+        **_checked_folder_options(source, data_params),
     )
+
+
+def _checked_folder_options(source: str, data_params: Mapping[str, Any]) -> dict:
+    options = {key: data_params.get(key, default) for key, default in OPTIONAL_KEYS.items()}
+    if options["crop"] not in CROPS:
+        raise DatasetError(f"data params: key 'crop' must be one of {list(CROPS)}, got {options['crop']!r}")
+    if options["per_class"] is not None:
+        options["per_class"] = _checked_int(options, "per_class", minimum=1)
+    if options != OPTIONAL_KEYS and source != "folder":
+        raise DatasetError(f"data params: 'crop' and 'per_class' apply to source 'folder', not {source!r}")
+    return options
 
 
 def _checked_path(source: str, path: Any) -> str | None:
@@ -121,7 +137,8 @@ def _read_source(params: DataParams) -> LabelledImages:
         return read_mnist5k(params.resolution, params.channels)
     path = Path(params.path)  # checked non-None for folder and npz sources
     if params.source == "folder":
-        return read_folder(path, params.resolution, params.channels)
+        return read_folder(path, params.resolution, params.channels, crop=params.crop, per_class=params.per_class,
+                           seed=params.split_seed)
     return read_npz_source(path, params.resolution, params.channels)
 
 

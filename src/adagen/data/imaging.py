@@ -26,13 +26,19 @@ def pil_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
-def to_square_array(image: Image.Image, resolution: int, channels: int) -> np.ndarray:
+CROPS = ("fit", "adm")
+
+
+def to_square_array(image: Image.Image, resolution: int, channels: int, crop: str = "fit") -> np.ndarray:
     """Convert `image` to `channels` channels and fit it into a resolution x resolution square.
 
-    Returns a uint8 array of shape (channels, resolution, resolution).
+    `crop` "fit" is one antialiased resize of the centred square; "adm" is the preprocessing of ADM and every
+    ImageNet generator since (guided-diffusion's `center_crop_arr`), which the real images of a full-scale run
+    must share with the reference statistics. Returns a uint8 array of shape (channels, resolution, resolution).
     """
     image = _flatten_alpha(_to_eight_bit(image))
-    image = _fit_square(image.convert(pil_mode(channels)), resolution)
+    convert = {"fit": _fit_square, "adm": _adm_center_crop}[crop]
+    image = convert(image.convert(pil_mode(channels)), resolution)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
@@ -66,6 +72,17 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
     return Image.alpha_composite(background, rgba)
+
+
+def _adm_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Halve with a box filter while the short side is at least twice the target, resize the short side to the
+    target with bicubic, then cut the centred square (integer offsets, as ADM does)."""
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.Resampling.BICUBIC)
+    left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
 
 
 def _fit_square(image: Image.Image, resolution: int) -> Image.Image:

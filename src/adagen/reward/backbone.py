@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from adagen.io import saved_state_dict
+
 UNIT_MEAN, UNIT_STD = 0.5, 0.5  # the embedded backbone sees (x - 0.5) / 0.5 of images in [0, 1]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINO's input normalisation
 
 
 def backbone_config(network_params: dict, *, resolution: int, channels: int, num_classes: int) -> dict:
@@ -42,10 +45,17 @@ def accuracy(backbone: VisionTransformer, images_uint8, labels, batch_size: int 
 
 
 def load_backbone(checkpoint: dict) -> VisionTransformer:
-    """The backbone saved by the train-reward-backbone stage ({"config": timm arguments, "state_dict"}), frozen."""
+    """The backbone saved by the train-reward-backbone stage ({"config": timm arguments, "state_dict"}, or the
+    downloaded weights file it names), frozen."""
     backbone = VisionTransformer(**checkpoint["config"])
-    backbone.load_state_dict(checkpoint["state_dict"])
+    backbone.load_state_dict(saved_state_dict(checkpoint))
     return backbone.eval().requires_grad_(False)
+
+
+def backbone_input(checkpoint: dict) -> dict:
+    """What a saved backbone expects: its input side (`resolution`) and normalisation (`mean`, `std`)."""
+    return {"resolution": checkpoint["config"]["img_size"], "mean": tuple(checkpoint.get("mean", (UNIT_MEAN,))),
+            "std": tuple(checkpoint.get("std", (UNIT_STD,)))}
 
 
 def classifier_confidence(backbone: VisionTransformer):
