@@ -332,7 +332,7 @@ def torch_equal(a, b) -> bool:
     (["--paradigm", "dit", "--labels", "12"], "labels must be class indices in [0, 10)"),
     (["--paradigm", "dit", "--variant", "adaptive", "--steps", "9"], "was trained for 4 steps, not 9"),
     (["--paradigm", "var", "--steps", "3"], "var: the number of steps is fixed by the tokenizer's scales"),
-    (["--paradigm", "gan"], "Invalid value for '--paradigm'"),
+    (["--paradigm", "gan"], "paradigm 'gan' is not in paradigms"),
     (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps and --best-of need --out, --grid or --png-dir"),
     (["--paradigm", "dit", "--best-of", "0"], "best_of must be at least 1, got 0"),
 ])
