@@ -4,6 +4,9 @@
 #   snakemake --profile slurm all                              on a SLURM cluster (workflow/profiles/slurm)
 #   snakemake --cores all ablations                            learned-static and fixed-reward policies, evaluated
 
+report: "workflow/report/workflow.rst"  # `snakemake --report report.html`: summary, schedules, training, grids
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/generators.smk"

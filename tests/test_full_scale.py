@@ -40,7 +40,7 @@ def test_the_imagenet_dag_plans_every_stage_of_the_five_settings():
         words = command.split()
         setting = words[words.index("--paradigm") + 1] if "--paradigm" in words else None
         stages.setdefault(words[1], set()).add(setting)
-    per_setting = {"get-generator", "tune-static", "train", "sample", "evaluate"}
+    per_setting = {"get-generator", "get-policy", "tune-static", "train", "sample", "evaluate"}
     assert set(stages) == per_setting | {"prepare-data", "train-evaluator", "refstats", "train-reward-backbone", "report"}
     for stage in per_setting:
         assert stages[stage] == set(SETTINGS), stage

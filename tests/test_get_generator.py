@@ -141,3 +141,67 @@ def test_wrong_layout_and_unknown_assets_give_clear_errors(workdir):
 
         validate_params(params)
     assert load_params(workdir / "params" / "dl.yaml")["paradigms"] == ["dit-official", "var-d2"]
+
+
+def official_policy_state_dict(*, feature_dim: int, hidden: int, conv: int, mlp: tuple[int, int], grid: int,
+                               actions: int, seed: int = 0) -> dict:
+    """Key names and shapes of the AdaGen release's PolicyBackbone (METHOD.md 2.1), written out independently of
+    our class: the x embedder, the step MLP, three adaptive LayerNorms, the two convolutions, the three linears."""
+    half = (grid + 1) // 2
+    shapes = {
+        "x_embedder.weight": (hidden, feature_dim), "x_embedder.bias": (hidden,),
+        "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
+        "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
+        "dw_conv.weight": (hidden, 1, 3, 3), "dw_conv.bias": (hidden,),
+        "pw_conv.weight": (conv, hidden, 1, 1), "pw_conv.bias": (conv,),
+        "linear1.weight": (mlp[0], conv * half * half), "linear1.bias": (mlp[0],),
+        "linear2.weight": (mlp[1], mlp[0]), "linear2.bias": (mlp[1],),
+        "linear3.weight": (actions, mlp[1]), "linear3.bias": (actions,),
+    }
+    for index, width in ((1, hidden), (2, mlp[0]), (3, mlp[1])):
+        shapes |= {f"adaLN{index}.adaLN_modulation.1.weight": (2 * width, hidden),
+                   f"adaLN{index}.adaLN_modulation.1.bias": (2 * width,)}
+    generator = torch.Generator().manual_seed(seed)
+    return {key: 0.3 * torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+
+
+def test_released_policy_is_fetched_and_samples(workdir):
+    """The `released` variant: an AdaGen policy file (actor only, the release's module names) drives sampling."""
+    params = downloaded_params(workdir)
+    params["paradigms"] = ["dit-official"]
+    params["variants"] = ["static", "released"]
+    params["generators"]["dit-official"]["released_policy"] = "adagen-policy-dit"
+    (workdir / "params" / "dl.yaml").write_text(yaml.safe_dump(params))
+    policy = params["adagen"]["policy"]
+    torch.save(official_policy_state_dict(feature_dim=32, hidden=policy["hidden_size"], conv=policy["conv_channels"],
+                                          mlp=tuple(policy["mlp_sizes"]), grid=4, actions=2),
+               workdir / "mirror" / "dit_policy.pth")
+    params_file, paths = "params/dl.yaml", Paths.for_params_file("params/dl.yaml")
+    for stage in (["prepare-data"], ["get-generator", "--paradigm", "dit-official"],
+                  ["get-policy", "--paradigm", "dit-official"],
+                  ["sample", "--paradigm", "dit-official", "--variant", "static"],
+                  ["sample", "--paradigm", "dit-official", "--variant", "released"]):
+        result = run(stage[0], "--params", params_file, *stage[1:])
+        assert result.exit_code == 0, result.output
+    assert load_checkpoint(paths.policy("dit-official", "released"))["policy"]["asset"] == "adagen-policy-dit"
+    static, released = (load_npz(paths.samples("dit-official", v)) for v in ("static", "released"))
+    # Same noise, other schedule: the released policy moves the actions away from the baseline per sample.
+    assert not np.allclose(static["action_cfg"], released["action_cfg"])
+    assert released["action_cfg"][:, 1:].std(axis=0).max() > 0  # per-sample choices
+    assert int(released["nfe"]) == int(static["nfe"]) == 3
+
+
+def test_the_paper_policy_sizes():
+    """Our policy network at the paper's size has the parameter counts of the released policies (METHOD.md 2.1)."""
+    from adagen.policy.network import PolicyConfig, PolicyNet
+
+    counts = {}
+    for name, feature_dim, actions in (("maskgit", 768, 4), ("dit", 1152, 2), ("var-d16", 1024, 4), ("var-d30", 1920, 4)):
+        with torch.device("meta"):
+            network = PolicyNet(PolicyConfig(feature_dim=feature_dim, grid=(16, 16), num_outputs=actions))
+        counts[name] = round(sum(p.numel() for p in network.parameters()) / 1e6, 2)
+        state = official_policy_state_dict(feature_dim=8, hidden=16, conv=4, mlp=(16, 8), grid=16, actions=actions)
+        small = PolicyNet(PolicyConfig(feature_dim=8, grid=(16, 16), num_outputs=actions, hidden_size=16,
+                                       conv_channels=4, mlp_sizes=(16, 8)))
+        small.load_state_dict(state, strict=True)  # the release's names and shapes, no key surgery
+    assert counts == {"maskgit": 11.88, "dit": 12.07, "var-d16": 12.01, "var-d30": 12.47}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import copy_project
 
@@ -398,3 +400,29 @@ def test_dvc_push_to_a_local_remote_and_pull_in_another_checkout_rebuilds_nothin
         assert (clone / "results" / "smoke" / name).read_bytes() == (project / "results" / "smoke" / name).read_bytes()
     dry = run(["dvc", "repro", "--dry", "report"], clone)
     assert "Running stage" not in dry.stdout, dry.stdout
+
+
+def test_html_report_renders_in_a_headless_browser(finished_smoke_run, tmp_path):
+    """`snakemake --report report.html` on the finished run: one self-contained page with the summary table, the
+    schedule and training plots and the sample grids, which a headless Chromium renders."""
+    project, _ = finished_smoke_run
+    run(["snakemake", "--configfile", "params/smoke.yaml", "--report", str(tmp_path / "report.html")], project)
+    page = (tmp_path / "report.html").read_text()
+    for name in ("summary.csv", "schedules.png", "training-adaptive.png", "tuned-static.png", "Sample",
+                 "Schedules", "Training"):
+        assert name in page, name
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("ADAGEN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    # No network, no first-run work: this machine refuses outside connections.
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--virtual-time-budget=15000",
+             f"--screenshot={tmp_path / 'shot.png'}", (tmp_path / "report.html").as_uri()]
+    subprocess.run([browser, *flags], capture_output=True, timeout=120, check=True)
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+    # Rendered, not blank: the side bar, text and the workflow graph cover a good part of the page in many colours.
+    assert (shot.sum(axis=2) < 700).mean() > 0.1
+    assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 100

@@ -127,6 +127,18 @@ def get_generator(params_path: Path, paradigm: str, dry_run: bool) -> None:
                lambda params, paths, run: stages.get_generator(params, paths, run, paradigm), paradigm=paradigm)
 
 
+@main.command("get-policy")
+@params_option
+@paradigm_option
+@dry_run_option
+def get_policy(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """Fetch the AdaGen release's policy of a setting (the `released` variant samples with it)."""
+    _run_stage("get-policy", params_path, dry_run,
+               lambda p: [p.policy(paradigm, stages.RELEASED), p.policy_info(paradigm, stages.RELEASED)],
+               lambda params, paths, run: stages.get_policy(params, paths, run, paradigm), paradigm=paradigm,
+               variant=stages.RELEASED)
+
+
 @main.command("tune-static")
 @params_option
 @paradigm_option

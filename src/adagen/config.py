@@ -87,6 +87,9 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append("metrics.protocols: the adagen protocol is defined on Inception features (evaluator.kind inception)")
     if reference["source"] == "file" and params["evaluator"]["kind"] != "inception":
         problems.append("metrics.reference: published reference statistics are Inception features (evaluator.kind inception)")
+    if "released" in params["variants"]:
+        problems += [f"generators.{name}.released_policy: needed by variant released" for name in params["paradigms"]
+                     if "released_policy" not in params["generators"].get(name, {})]
     for paradigm in params["paradigms"]:
         if paradigm not in params["generators"]:
             problems.append(f"generators.{paradigm}: missing, but {paradigm!r} is listed in paradigms")
@@ -162,6 +165,8 @@ def _asset_problems(params: dict) -> list[str]:
                            ("vae.checkpoint", section.get("vae") or {})):
             if "checkpoint" in owner:
                 named[f"generators.{setting}.{key}"] = owner["checkpoint"]
+        if "released_policy" in section:
+            named[f"generators.{setting}.released_policy"] = section["released_policy"]
     known = load_registry()
     return [f"{key}: unknown asset {name!r} (see `adagen fetch --list`)" for key, name in named.items() if name not in known]
 

@@ -99,7 +99,7 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
         steps_key = STEPS_SETTING.get(paradigm_of(paradigm).name)
         if steps_key is None:
             raise ValueError(f"{paradigm}: the number of steps is fixed by the tokenizer's scales")
-        if variant in stages.POLICY_VARIANTS and steps != settings[steps_key]:
+        if variant in (*stages.POLICY_VARIANTS, stages.RELEASED) and steps != settings[steps_key]:
             raise ValueError(f"the {variant} policy was trained for {settings[steps_key]} steps, "
                              f"not {steps}: sample a static variant at other step counts")
         settings[steps_key] = steps

@@ -48,8 +48,10 @@ from adagen.tracking import StageRun
 from adagen.tuning import coordinate_search
 
 # Sampling variants (`variants` in params picks the reported ones) and those that sample with a trained policy.
-VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward")
-POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")
+VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward", "released")
+POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")  # trained by the pipeline
+# The AdaGen release's policy of a setting (`generators.<setting>.released_policy`), fetched by `get-policy`.
+RELEASED = "released"
 SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
                    "n_samples", "seconds")
 
@@ -433,11 +435,40 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     return info
 
 
+def _policy_made_by(paradigm: str, variant: str) -> str:
+    if variant == RELEASED:
+        return f"get-policy --paradigm {paradigm}"
+    return f"train --paradigm {paradigm} --variant {variant}"
+
+
+def get_policy(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """The released AdaGen policy of a setting, fetched through the registry and loaded strictly into the policy
+    network at the params' size (the release holds the actor only, under AdaGen's module names). It acts around
+    the params' own schedule, the paper's baseline, with the params' smoothing, like a policy trained here."""
+    started = time.perf_counter()
+    asset = params["generators"][paradigm].get("released_policy")
+    if asset is None:
+        raise ValueError(f"generators.{paradigm}.released_policy: not set, so there is no released policy to fetch")
+    weights = fetch_named(asset, params.get("assets"))
+    sampling = params["generators"][paradigm]["sampling"]
+    generator = load_generator(params, paths, paradigm, sampling)
+    policy = load_weights(weights, build_policy(params["adagen"]["policy"], feature_dim=generator.feature_dim,
+                                                grid=generator.feature_grid, num_outputs=len(generator.action_specs)))
+    save_checkpoint(paths.policy(paradigm, RELEASED), {
+        "policy": {"config": asdict(policy.config), **_weights_entry(weights)},
+        "smoothing": params["adagen"]["smoothing"][paradigm], "sampling": sampling})
+    info = {**_weights_entry(weights), "parameters": sum(p.numel() for p in policy.parameters()),
+            "seconds": time.perf_counter() - started}
+    save_json(paths.policy_info(paradigm, RELEASED), info)
+    run.set_tags({f"weights.{asset}.sha256": info["sha256"]})
+    return info
+
+
 def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator):
-    """None for the static schedule; the trained policy's deterministic actions otherwise."""
-    if variant not in POLICY_VARIANTS:
+    """None for the static schedules; the trained (or released) policy's deterministic actions otherwise."""
+    if variant not in (*POLICY_VARIANTS, RELEASED):
         return None
-    made_by = f"train --paradigm {paradigm} --variant {variant}"
+    made_by = _policy_made_by(paradigm, variant)
     saved = load_checkpoint(require(paths.policy(paradigm, variant), made_by))
     return AdaptivePolicy(load_policy(saved["policy"]), ActionMap(generator, saved["smoothing"]),
                           zero_state=variant == "learned-static")
@@ -447,9 +478,8 @@ def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -
     """The baseline settings a variant's generator is built with: the params' own, or the tuned ones."""
     if variant == "tuned-static":
         return load_json(require(paths.tuned_static(paradigm), f"tune-static --paradigm {paradigm}"))["sampling"]
-    if variant in POLICY_VARIANTS:  # the schedule the policy was trained around, kept in its file
-        made_by = f"train --paradigm {paradigm} --variant {variant}"
-        return load_checkpoint(require(paths.policy(paradigm, variant), made_by))["sampling"]
+    if variant in (*POLICY_VARIANTS, RELEASED):  # the schedule the policy acts around, kept in its file
+        return load_checkpoint(require(paths.policy(paradigm, variant), _policy_made_by(paradigm, variant)))["sampling"]
     return params["generators"][paradigm]["sampling"]
 
 
@@ -645,6 +675,8 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
         for variant in params["variants"]:
             if variant in POLICY_VARIANTS:
                 times[f"train {paradigm} {variant}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
+            if variant == RELEASED:
+                times[f"get-policy {paradigm}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
             if variant == "tuned-static":
                 times[f"tune-static {paradigm}"] = load_json(paths.tuned_static(paradigm))["seconds"]
             metrics = load_json(paths.metrics(paradigm, variant))

@@ -63,3 +63,20 @@ rule train:
     shell:
         "adagen train --params {PARAMS_FILE} --paradigm {wildcards.paradigm} --variant {wildcards.variant}"
         " > {log} 2>&1"
+
+
+# The AdaGen release's policy of a setting (variant released), to re-measure its published FIDs here.
+rule get_policy:
+    input:
+        model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
+    output:
+        policy=str(PATHS.policy("{paradigm}", RELEASED)),
+        info=str(PATHS.policy_info("{paradigm}", RELEASED)),
+    params:
+        asset=lambda wildcards: config["generators"][wildcards.paradigm].get("released_policy"),
+        policy=config["adagen"]["policy"],
+    log:
+        f"{LOGS}/get-policy-{{paradigm}}.log",
+    shell:
+        "adagen get-policy --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"

@@ -7,7 +7,7 @@ from snakemake.utils import min_version, validate
 
 from adagen.config import Paths, validate_params
 from adagen.generators import paradigm_of
-from adagen.stages import POLICY_VARIANTS, VARIANTS
+from adagen.stages import POLICY_VARIANTS, RELEASED, VARIANTS
 
 min_version("9.0")
 

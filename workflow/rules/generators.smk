@@ -73,7 +73,7 @@ use rule get_generator as get_token_generator with:
 
 def schedule_of(wildcards):
     """What a variant samples with beyond the generator: its trained policy or its tuned settings."""
-    if wildcards.variant in POLICY_VARIANTS:
+    if wildcards.variant in (*POLICY_VARIANTS, RELEASED):
         return [str(PATHS.policy(wildcards.paradigm, wildcards.variant))]
     if wildcards.variant == "tuned-static":
         return [str(PATHS.tuned_static(wildcards.paradigm))]
@@ -88,7 +88,8 @@ rule sample:
         info=str(PATHS.dataset_info),
     output:
         samples=str(PATHS.samples("{paradigm}", "{variant}")),
-        grid=str(PATHS.grid("{paradigm}", "{variant}")),
+        grid=report(str(PATHS.grid("{paradigm}", "{variant}")), caption="../report/grid.rst", category="Samples",
+                    subcategory="{paradigm}", labels={"setting": "{paradigm}", "variant": "{variant}"}),
     params:
         sample=config["sample"],
         sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],

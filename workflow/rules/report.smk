@@ -18,11 +18,15 @@ rule report:
         evaluator=str(PATHS.evaluator_info),
         dataset=str(PATHS.dataset_info),
     output:
-        csv=str(PATHS.summary_csv),
+        csv=report(str(PATHS.summary_csv), caption="../report/summary.rst", category="Summary"),
         md=str(PATHS.summary_md),
-        schedules=expand(str(PATHS.schedules_plot("{paradigm}")), paradigm=config["paradigms"]),
-        training=expand(str(PATHS.training_plot("{paradigm}", "{variant}")), paradigm=config["paradigms"],
-                        variant=[v for v in config["variants"] if v in POLICY_VARIANTS]),
+        schedules=[report(path, caption="../report/schedules.rst", category="Schedules",
+                          labels={"setting": paradigm})
+                   for paradigm, path in zip(config["paradigms"], expand(str(PATHS.schedules_plot("{paradigm}")),
+                                                                         paradigm=config["paradigms"]))],
+        training=[report(str(PATHS.training_plot(paradigm, variant)), caption="../report/training.rst",
+                         category="Training", labels={"setting": paradigm, "variant": variant})
+                  for paradigm in config["paradigms"] for variant in config["variants"] if variant in POLICY_VARIANTS],
     log:
         f"{LOGS}/report.log",
     shell:

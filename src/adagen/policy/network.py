@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adagen.generators.dit import TimestepEmbedder
+from adagen.io import saved_state_dict
 
 
 class AdaLN(nn.Module):
@@ -94,8 +95,9 @@ def build_policy(policy_params: dict, *, feature_dim: int, grid: tuple[int, int]
 
 
 def load_policy(entry: dict) -> PolicyNet:
-    """A network saved as {"config": asdict(PolicyConfig), "state_dict": ...}, in eval mode."""
+    """A network saved as {"config": asdict(PolicyConfig), "state_dict": ...} (or naming a fetched weights file,
+    as a released policy does), in eval mode."""
     config = {key: tuple(value) if isinstance(value, list) else value for key, value in entry["config"].items()}
     network = PolicyNet(PolicyConfig(**config))
-    network.load_state_dict(entry["state_dict"])
+    network.load_state_dict(saved_state_dict(entry))
     return network.eval()
