@@ -21,8 +21,9 @@ from PIL import Image
 from conftest import copy_project
 
 STAGES = {"prepare-data", "train-evaluator", "refstats", "train-tokenizer", "pretrain", "tune-static",
-          "train-reward-backbone", "train", "sample", "evaluate", "report"}
-PER_PARADIGM = {"pretrain", "tune-static", "train"}  # one run per paradigm
+          "train-reward-backbone", "train-fidelity-classifier", "train", "tradeoff", "sample", "evaluate", "report"}
+PER_PARADIGM = {"pretrain", "tune-static", "tradeoff"}  # one run per paradigm
+TRAINED = ["adaptive", "fidelity"]  # the policies the default target trains per paradigm
 PER_VARIANT = {"sample", "evaluate"}  # one run per paradigm and variant
 PARADIGMS = ["maskgit", "var", "dit", "sit"]  # those of params/smoke.yaml
 VARIANTS = ["static", "tuned-static", "adaptive"]  # those of params/smoke.yaml
@@ -113,10 +114,13 @@ def test_mlflow_has_one_finished_run_per_stage(finished_smoke_run):
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
     assert {r.data.tags["stage"] for r in runs} == STAGES
-    assert len(runs) == (len(STAGES) - len(PER_PARADIGM) - len(PER_VARIANT) - 1 + len(TOKEN_PARADIGMS)
-                         + len(PER_PARADIGM) * len(PARADIGMS) + len(PER_VARIANT) * len(PARADIGMS) * len(VARIANTS))
+    assert len(runs) == (len(STAGES) - len(PER_PARADIGM) - len(PER_VARIANT) - 2 + len(TOKEN_PARADIGMS)
+                         + len(PER_PARADIGM) * len(PARADIGMS) + len(TRAINED) * len(PARADIGMS)
+                         + len(PER_VARIANT) * len(PARADIGMS) * len(VARIANTS))
     for stage in PER_PARADIGM:
         assert sorted(r.data.tags["paradigm"] for r in runs if r.data.tags["stage"] == stage) == sorted(PARADIGMS)
+    assert sorted((r.data.tags["paradigm"], r.data.tags["variant"]) for r in runs if r.data.tags["stage"] == "train") \
+        == sorted((p, v) for p in PARADIGMS for v in TRAINED)
     for stage in PER_VARIANT:
         assert sorted((r.data.tags["paradigm"], r.data.tags["variant"]) for r in runs
                       if r.data.tags["stage"] == stage) == sorted((p, v) for p in PARADIGMS for v in VARIANTS)
@@ -335,8 +339,9 @@ def torch_equal(a, b) -> bool:
     (["--paradigm", "dit", "--variant", "adaptive", "--steps", "9"], "was trained for 4 steps, not 9"),
     (["--paradigm", "var", "--steps", "3"], "var: the number of steps is fixed by the tokenizer's scales"),
     (["--paradigm", "gan"], "paradigm 'gan' is not in paradigms"),
-    (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps and --best-of need --out, --grid or --png-dir"),
+    (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps, --best-of and --lambda need --out, --grid or --png-dir"),
     (["--paradigm", "dit", "--best-of", "0"], "best_of must be at least 1, got 0"),
+    (["--paradigm", "dit", "--variant", "adaptive", "--lambda", "-0.1"], "lambda must lie in [0, 1], got -0.1"),
 ])
 def test_sample_command_rejects_bad_arguments(finished_smoke_run, tmp_path, arguments, message):
     project, _ = finished_smoke_run
@@ -426,3 +431,42 @@ def test_html_report_renders_in_a_headless_browser(finished_smoke_run, tmp_path)
     # Rendered, not blank: the side bar, text and the workflow graph cover a good part of the page in many colours.
     assert (shot.sum(axis=2) < 700).mean() > 0.1
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 100
+
+
+def test_fidelity_policy_and_the_lambda_knob(finished_smoke_run, monkeypatch):
+    """The default target trains a fidelity policy per setting and sweeps the blend; lambda 0 is the adaptive policy
+    and lambda 1 the fidelity policy, exactly."""
+    from adagen.generate import generate
+
+    project, _ = finished_smoke_run
+    monkeypatch.chdir(project)
+    results = project / "results" / "smoke"
+    for paradigm in PARADIGMS:
+        sweep = json.loads((results / paradigm / "metrics" / "tradeoff.json").read_text())
+        assert [row["lambda"] for row in sweep["rows"]] == [0.0, 1.0]
+        assert all(np.isfinite(row["fid"]) and 0 <= row["precision"] <= 1 for row in sweep["rows"])
+        assert (results / paradigm / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The sweep's lambda 0 is the adaptive variant on the first evaluation seed: the same FID as that seed's.
+    adaptive = json.loads((results / "dit" / "metrics" / "adaptive.json").read_text())
+    sweep = json.loads((results / "dit" / "metrics" / "tradeoff.json").read_text())
+    assert sweep["rows"][0]["fid"] == pytest.approx(adaptive["per_seed"][0]["fid"], rel=1e-6)
+    summary = (results / "summary.md").read_text()
+    assert "Fidelity-diversity knob" in summary and "train-fidelity-classifier" in summary
+    plain = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3)
+    blended_zero = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3, lam=0.0)
+    assert torch_equal(plain.images, blended_zero.images) and torch_equal(plain.actions["cfg"], blended_zero.actions["cfg"])
+    fidelity = generate("params/smoke.yaml", "dit", "fidelity", count=6, seed=3)
+    blended_one = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3, lam=1.0)
+    assert torch_equal(fidelity.images, blended_one.images)
+    half = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3, lam=0.5)
+    assert not torch_equal(half.actions["cfg"], plain.actions["cfg"])
+    with pytest.raises(ValueError, match=r"lambda must lie in \[0, 1\], got 1.5"):
+        generate("params/smoke.yaml", "dit", "adaptive", count=2, lam=1.5)
+    with pytest.raises(ValueError, match="variant 'static' has none"):
+        generate("params/smoke.yaml", "dit", "static", count=2, lam=0.5)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

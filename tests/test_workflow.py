@@ -37,9 +37,9 @@ def dvc_stages(workdir) -> dict[str, set[str]]:
 def test_snakemake_and_dvc_agree_on_commands_and_outputs():
     snakemake = snakemake_jobs(REPO, "all", "ablations")
     dvc = dvc_stages(REPO)
-    # data, evaluator, refstats, reward backbone, report + 2 tokenizers + pretrain, tune-static x 4 paradigms
-    # + train x 4 paradigms x 3 policies + sample, evaluate x 4 paradigms x 5 variants
-    assert len(snakemake) == 5 + 2 + 2 * 4 + 3 * 4 + 2 * 4 * 5
+    # data, evaluator, refstats, reward backbone, fidelity classifier, report + 2 tokenizers + pretrain,
+    # tune-static, tradeoff x 4 paradigms + train x 4 paradigms x 4 policies + sample, evaluate x 4 x 5 variants
+    assert len(snakemake) == 6 + 2 + 3 * 4 + 4 * 4 + 2 * 4 * 5
     assert snakemake.keys() == dvc.keys()
     for command, outputs in snakemake.items():
         assert outputs == dvc[command], command

@@ -139,6 +139,25 @@ def get_policy(params_path: Path, paradigm: str, dry_run: bool) -> None:
                variant=stages.RELEASED)
 
 
+@main.command("train-fidelity-classifier")
+@params_option
+@dry_run_option
+def train_fidelity_classifier(params_path: Path, dry_run: bool) -> None:
+    """Train the fidelity score's frozen classifier (adagen.fidelity.classifier)."""
+    _run_stage("train-fidelity-classifier", params_path, dry_run,
+               lambda p: [p.fidelity_classifier, p.fidelity_classifier_info], stages.train_fidelity_classifier)
+
+
+@main.command("tradeoff")
+@params_option
+@paradigm_option
+@dry_run_option
+def tradeoff(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """The fidelity-diversity sweep: the adaptive policy blended with the fidelity policy at each lambda."""
+    _run_stage("tradeoff", params_path, dry_run, lambda p: [p.tradeoff(paradigm), p.tradeoff_plot(paradigm)],
+               lambda params, paths, run: stages.tradeoff(params, paths, run, paradigm), paradigm=paradigm)
+
+
 @main.command("tune-static")
 @params_option
 @paradigm_option
@@ -202,7 +221,8 @@ def launched_tasks() -> int:
 @paradigm_option
 @click.option("--variant", default="adaptive", type=click.Choice(stages.POLICY_VARIANTS),
               help="adaptive: the AdaGen policy; learned-static: the same training with the state zeroed; "
-                   "fixed-reward: against the frozen classifier's confidence instead of the discriminator.")
+                   "fixed-reward: against the frozen classifier's confidence instead of the discriminator; "
+                   "fidelity: the adversarial reward plus the fidelity classifier's log-probability (adagen.fidelity).")
 @dry_run_option
 def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None:
     """AdaGen: train the policy with PPO against a discriminator trained jointly (resumes if interrupted).
@@ -245,15 +265,17 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
 @click.option("--best-of", type=int, default=1,
               help="Refinement: N candidates per sample, the trained discriminator's favourite kept (N x compute).")
+@click.option("--lambda", "lam", type=float, default=0.0,
+              help="Fidelity-diversity knob in [0, 1]: the adaptive policy blended with the fidelity policy.")
 def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: Path | None, grid: Path | None,
            png_dir: Path | None, count: int | None, labels_text: str | None, seed: int, batch_size: int,
-           steps: int | None, best_of: int) -> None:
+           steps: int | None, best_of: int, lam: float) -> None:
     """Sample with a variant's schedule. Without --out/--grid/--png-dir: the pipeline stage (class-balanced
     samples for every evaluation seed, uint8 npz and grid under results/). With them: the images you ask
     for, from the artifacts of a finished pipeline."""
     if out is None and grid is None and png_dir is None:
-        if count is not None or labels_text is not None or steps is not None or best_of != 1:
-            raise click.UsageError("--count, --labels, --steps and --best-of need --out, --grid or --png-dir")
+        if count is not None or labels_text is not None or steps is not None or best_of != 1 or lam != 0:
+            raise click.UsageError("--count, --labels, --steps, --best-of and --lambda need --out, --grid or --png-dir")
         _run_stage("sample", params_path, dry_run,
                    lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
                    lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
@@ -272,7 +294,7 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
         count = 100
     try:
         result = generate(params_path, paradigm, variant, count=count, labels=labels, seed=seed,
-                          batch_size=batch_size, steps=steps, best_of=best_of, progress=True)
+                          batch_size=batch_size, steps=steps, best_of=best_of, lam=lam, progress=True)
     except (ParamsError, stages.MissingInput, ValueError) as error:
         raise click.ClickException(str(error)) from error
     images, label_array = result.images.numpy(), result.labels.numpy()

@@ -87,6 +87,12 @@ def _cross_key_problems(params: dict) -> list[str]:
         problems.append("metrics.protocols: the adagen protocol is defined on Inception features (evaluator.kind inception)")
     if reference["source"] == "file" and params["evaluator"]["kind"] != "inception":
         problems.append("metrics.reference: published reference statistics are Inception features (evaluator.kind inception)")
+    if "fidelity" in params["variants"] and "fidelity" not in params["adagen"]:
+        problems.append("adagen.fidelity: needed by variant fidelity (its reward and classifier)")
+    fidelity = params["adagen"].get("fidelity")
+    if fidelity and fidelity["classifier"]["seed"] == params["evaluator"]["seed"] and params["evaluator"]["kind"] == "classifier":
+        problems.append("adagen.fidelity.classifier.seed: must differ from evaluator.seed (the fidelity score must "
+                        "not be the metrics' network)")
     if "released" in params["variants"]:
         problems += [f"generators.{name}.released_policy: needed by variant released" for name in params["paradigms"]
                      if "released_policy" not in params["generators"].get(name, {})]
@@ -276,6 +282,21 @@ class Paths:
     @property
     def reward_backbone_checkpoint(self) -> Path:
         return self.results_dir / "reward" / "training-state.pt"
+
+    @property
+    def fidelity_classifier(self) -> Path:
+        return self.results_dir / "fidelity" / "classifier.pt"
+
+    @property
+    def fidelity_classifier_info(self) -> Path:
+        return self.results_dir / "fidelity" / "classifier.json"
+
+    def tradeoff(self, paradigm: str) -> Path:
+        """The fidelity-diversity sweep: metrics of the adaptive/fidelity blend at each lambda."""
+        return self.results_dir / paradigm / "metrics" / "tradeoff.json"
+
+    def tradeoff_plot(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "tradeoff.png"
 
     def tuned_static(self, paradigm: str) -> Path:
         """The tuned-static schedule: the chosen sampling settings and the whole grid with its FIDs."""

@@ -62,14 +62,15 @@ def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) 
 
 def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
              labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
-             best_of: int = 1, progress: bool = False) -> Generated:
+             best_of: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
     """Images of one paradigm and variant: `count` class-balanced labels, or the given `labels`.
 
     `steps` changes the number of generator evaluations of a static variant (a trained policy keeps the
     number it was trained for). `best_of` > 1 is the inference-time refinement: that many candidates per
     sample, the one with the highest reward of the trained discriminator kept (the variant's own for a policy
     variant, the adaptive policy's otherwise); its compute is counted in `nfe`, `forwards` and
-    `discriminator_calls`. Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
+    `discriminator_calls`. `lam` in [0, 1] blends the adaptive policy with the fidelity policy (0: the adaptive
+    policy exactly). Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
     """
     params, paths = load_params(params_file), Paths.for_params_file(params_file)
     if paradigm not in params["paradigms"]:
@@ -93,6 +94,8 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
         raise ValueError(f"seed must be non-negative, got {seed}")
     if best_of < 1:
         raise ValueError(f"best_of must be at least 1, got {best_of}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
 
     settings = dict(stages.sampling_settings(params, paths, paradigm, variant))
     if steps is not None:
@@ -104,7 +107,7 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
                              f"not {steps}: sample a static variant at other step counts")
         settings[steps_key] = steps
     generator = stages.load_generator(params, paths, paradigm, settings)
-    policy = stages.load_sampling_policy(paths, paradigm, variant, generator)
+    policy = stages.load_sampling_policy(paths, paradigm, variant, generator, lam=lam)
     runs = [sample_images(generator, label_array, seed=seed + candidate * CANDIDATE_SEED_STRIDE,
                           batch_size=batch_size, policy=policy, progress=progress) for candidate in range(best_of)]
     images = np.stack([run["images"] for run in runs])  # (candidates, N, C, H, W)

@@ -67,3 +67,22 @@ def plot_training(path: str | Path, title: str, info: dict) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(title, y=1.04)
     _save(figure, path)
+
+
+def plot_tradeoff(path: str | Path, title: str, rows: list[dict]) -> None:
+    """The fidelity-diversity knob: precision against recall, one point per lambda, and FID against lambda."""
+    lambdas = [row["lambda"] for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    axes[0].plot([row["recall"] for row in rows], [row["precision"] for row in rows], color="grey", linewidth=1)
+    points = axes[0].scatter([row["recall"] for row in rows], [row["precision"] for row in rows], c=lambdas,
+                             cmap="viridis", zorder=3)
+    figure.colorbar(points, ax=axes[0], label="lambda")
+    axes[0].set_xlabel("recall (diversity)")
+    axes[0].set_ylabel("precision (fidelity)")
+    axes[1].plot(lambdas, [row["fid"] for row in rows], marker="o")
+    axes[1].set_xlabel("lambda")
+    axes[1].set_ylabel("FID")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{title}: adaptive (lambda 0) to fidelity policy (lambda 1)", y=1.04)
+    _save(figure, path)

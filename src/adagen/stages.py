@@ -31,25 +31,27 @@ from adagen.io import (
 )
 from adagen.metrics import (
     AdaGenProtocolInception, adagen_protocol_scores, adagen_protocol_statistics, import_reference_statistics,
-    compute_reference, evaluate_images, held_out_fid, sanity_figures, save_classifier, train_classifier,
+    compute_reference, evaluate_images, held_out_fid, load_classifier, sanity_figures, save_classifier,
+    train_classifier,
 )
 from adagen.policy.actions import ActionMap
 from adagen.policy.agent import AdaptivePolicy
-from adagen.plots import plot_schedules, plot_training
+from adagen.plots import plot_schedules, plot_tradeoff, plot_training
 from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
 from adagen.reward.backbone import (
     IMAGENET_MEAN, IMAGENET_STD, accuracy, backbone_config, backbone_input, classification_loss, classifier_confidence, load_backbone,
 )
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
+from adagen.reward.fidelity import class_log_probability, with_fidelity
 from adagen.rl.train import PPOSettings, train_adagen
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
 from adagen.tuning import coordinate_search
 
 # Sampling variants (`variants` in params picks the reported ones) and those that sample with a trained policy.
-VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward", "released")
-POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward")  # trained by the pipeline
+VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-reward", "fidelity", "released")
+POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward", "fidelity")  # trained by the pipeline
 # The AdaGen release's policy of a setting (`generators.<setting>.released_policy`), fetched by `get-policy`.
 RELEASED = "released"
 SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
@@ -411,13 +413,19 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
                                "backbone": sha256_of_file(paths.reward_backbone), **adagen,
                                "start": start})
     settings = PPOSettings(**dict(adagen["ppo"], std_decay_at=tuple(adagen["ppo"]["std_decay_at"])))
+    reward_fn = None  # the discriminator's
+    if variant == "fixed-reward":
+        reward_fn = classifier_confidence(backbone)
+    if variant == "fidelity":
+        score = class_log_probability(load_classifier(require(paths.fidelity_classifier, "train-fidelity-classifier")))
+        reward_fn = with_fidelity(discriminator.reward, score, adagen["fidelity"]["weight"])
     with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
+        # The fidelity policy keeps its last state: selecting it by FID would undo what its reward asks for.
+        probe = None if variant == "fidelity" else _probe(params, paths, generator, dataset.train_images, scratch)
         summary = train_adagen(generator, ActionMap(generator, smoothing), policy, critic, discriminator,
                                dataset.train_images, dataset.train_labels, settings,
                                checkpoint_path=paths.policy_checkpoint(paradigm, variant), fingerprint=fingerprint,
-                               zero_state=variant == "learned-static",
-                               reward_fn=classifier_confidence(backbone) if variant == "fixed-reward" else None,
-                               probe=_probe(params, paths, generator, dataset.train_images, scratch),
+                               zero_state=variant == "learned-static", reward_fn=reward_fn, probe=probe,
                                probe_every=adagen["selection"]["every"], report=run.log_metrics)
     if distributed.rank_and_size()[0] > 0:  # rank 0 writes the outputs
         return summary
@@ -464,14 +472,72 @@ def get_policy(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict
     return info
 
 
-def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator):
-    """None for the static schedules; the trained (or released) policy's deterministic actions otherwise."""
+def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator, lam: float = 0.0):
+    """None for the static schedules; the trained (or released) policy's deterministic actions otherwise.
+
+    `lam` > 0 blends the adaptive policy with the fidelity policy (the fidelity-diversity knob, METHOD.md 6)."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+    if lam > 0 and variant != "adaptive":
+        raise ValueError(f"lambda blends the adaptive policy with the fidelity policy; variant {variant!r} has none")
     if variant not in (*POLICY_VARIANTS, RELEASED):
         return None
     made_by = _policy_made_by(paradigm, variant)
     saved = load_checkpoint(require(paths.policy(paradigm, variant), made_by))
+    blend = None
+    if lam > 0:
+        fidelity = load_checkpoint(require(paths.policy(paradigm, "fidelity"), _policy_made_by(paradigm, "fidelity")))
+        if fidelity["sampling"] != saved["sampling"]:  # the blend adds network outputs around one residual table
+            raise ValueError(f"{paradigm}: the adaptive and fidelity policies start from different schedules")
+        blend = load_policy(fidelity["policy"])
     return AdaptivePolicy(load_policy(saved["policy"]), ActionMap(generator, saved["smoothing"]),
-                          zero_state=variant == "learned-static")
+                          zero_state=variant == "learned-static", blend=blend, lam=lam)
+
+
+def train_fidelity_classifier(params: dict, paths: Paths, run: StageRun) -> dict:
+    """The fidelity score's frozen classifier: the metrics' classifier architecture trained with a seed and width of
+    its own, so that it is neither the evaluation network nor the discriminator's backbone."""
+    started = time.perf_counter()
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    model, info = train_classifier(dataset.train_images, dataset.train_labels, dataset.val_images, dataset.val_labels,
+                                   num_classes=dataset.num_classes, report=run.log_metrics,
+                                   **params["adagen"]["fidelity"]["classifier"])
+    save_classifier(paths.fidelity_classifier, model, info)
+    info = {**info, "seconds": time.perf_counter() - started}
+    save_json(paths.fidelity_classifier_info, info)
+    return info
+
+
+def tradeoff(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """The fidelity-diversity sweep: the adaptive policy blended with the fidelity policy at each of
+    `adagen.fidelity.lambdas`, sampled with the evaluation's labels and first seed, evaluated like a variant.
+    Precision should rise and recall fall with lambda; their Spearman correlations with lambda are recorded."""
+    from scipy.stats import spearmanr
+
+    started = time.perf_counter()
+    settings = sampling_settings(params, paths, paradigm, "adaptive")
+    generator = load_generator(params, paths, paradigm, settings)
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    reference_images, _ = _reference(params, dataset)
+    section, lambdas = params["sample"], params["adagen"]["fidelity"]["lambdas"]
+    labels = class_balanced_labels(section["n_samples"], dataset.num_classes)
+    rows = []
+    for lam in lambdas:
+        policy = load_sampling_policy(paths, paradigm, "adaptive", generator, lam=lam)
+        result = sample_images(generator, labels, seed=section["seeds"][0], batch_size=section["batch_size"],
+                               policy=policy, progress=False)
+        scores = evaluate_images(result["images"], reference_images, params["evaluator"], params["metrics"],
+                                 require(paths.evaluator, "train-evaluator"), require(paths.refstats_dir, "refstats"))
+        rows.append({"lambda": lam, **scores, "nfe": result["nfe"]})
+        run.log_metrics({f"{key}_lambda": scores[key] for key in ("fid", "precision", "recall")}, step=int(lam * 100))
+    trend = {f"spearman_{key}": float(spearmanr(lambdas, [row[key] for row in rows]).statistic)
+             for key in ("precision", "recall", "fid")} if len(lambdas) > 1 else {}
+    payload = {"paradigm": paradigm, "rows": rows, **trend, "seconds": time.perf_counter() - started}
+    save_json(paths.tradeoff(paradigm), payload)
+    plot_tradeoff(paths.tradeoff_plot(paradigm), paradigm, rows)
+    run.log_metrics(trend)
+    run.log_artifact(paths.tradeoff_plot(paradigm))
+    return payload
 
 
 def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -> dict:
@@ -635,6 +701,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
                   "| paradigm | baseline | adaptive / baseline | spread | target | met |", "|---|---|---|---|---|---|"]
         lines += [f"| {g['paradigm']} | {g['baseline']} | {g['ratio']:.3f} | {g['ratio_spread']:.3f} | "
                   f"<= {g['target']} | {'yes' if g['met'] else 'no'} |" for g in gains]
+    lines += _tradeoff_lines(params, paths)
     sanity = refstats_info["sanity"]
     lines += ["", "Sanity figures of the feature network (FID against the val split): "
               f"train split {sanity['fid_train_vs_val']:.3g} (floor: real vs real), "
@@ -656,6 +723,26 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     return rows
 
 
+def _tradeoff_lines(params: dict, paths: Paths) -> list[str]:
+    """The fidelity-diversity sweep per setting: metrics at each lambda and their rank correlation with lambda."""
+    if "fidelity" not in params["adagen"]:
+        return []
+    lines = ["", "## Fidelity-diversity knob (adaptive blended with the fidelity policy)", "",
+             "| setting | lambda | FID | precision | recall | IS |", "|---|---|---|---|---|---|"]
+    trends = []
+    for paradigm in params["paradigms"]:
+        sweep = load_json(require(paths.tradeoff(paradigm), f"tradeoff --paradigm {paradigm}"))
+        lines += [f"| {paradigm} | {row['lambda']:g} | {row['fid']:.4g} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                  f"{row['isc']:.3g} |" for row in sweep["rows"]]
+        if "spearman_precision" in sweep:
+            trends.append(f"{paradigm}: precision {sweep['spearman_precision']:+.2f}, recall {sweep['spearman_recall']:+.2f}")
+        plot = paths.tradeoff_plot(paradigm).relative_to(paths.results_dir)
+        lines.append(f"\n![{paradigm} tradeoff]({plot})\n")
+    if trends:
+        lines += ["", "Spearman correlation with lambda: " + "; ".join(trends) + "."]
+    return lines
+
+
 def stage_times(params: dict, paths: Paths) -> dict[str, float]:
     """Wall time of every stage, read back from the seconds each one stored in its output."""
     times = {
@@ -665,6 +752,8 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
     }
     if any(variant in POLICY_VARIANTS for variant in params["variants"]):
         times["train-reward-backbone"] = load_json(paths.reward_backbone_info)["seconds"]
+    if "fidelity" in params["adagen"]:
+        times["train-fidelity-classifier"] = load_json(paths.fidelity_classifier_info)["seconds"]
     for paradigm in params["paradigms"]:
         if params["generators"][paradigm].get("source") == "download":  # one stage fetches generator and tokenizer
             times[f"get-generator {paradigm}"] = load_json(paths.generator_info(paradigm))["seconds"]
@@ -677,6 +766,9 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
                 times[f"train {paradigm} {variant}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
             if variant == RELEASED:
                 times[f"get-policy {paradigm}"] = load_json(paths.policy_info(paradigm, variant))["seconds"]
+            if variant == "adaptive" and "fidelity" in params["adagen"]:
+                times[f"train {paradigm} fidelity"] = load_json(paths.policy_info(paradigm, "fidelity"))["seconds"]
+                times[f"tradeoff {paradigm}"] = load_json(paths.tradeoff(paradigm))["seconds"]
             if variant == "tuned-static":
                 times[f"tune-static {paradigm}"] = load_json(paths.tuned_static(paradigm))["seconds"]
             metrics = load_json(paths.metrics(paradigm, variant))

@@ -42,11 +42,17 @@ def start_schedule_of(wildcards):
     return []
 
 
+def fidelity_classifier_of(wildcards):
+    """The fidelity policy's reward adds the score of its own frozen classifier."""
+    return [str(PATHS.fidelity_classifier)] if wildcards.variant == "fidelity" else []
+
+
 rule train:
     input:
         model=str(PATHS.generator("{paradigm}")),
         tokenizer=tokenizer_of,
         start=start_schedule_of,
+        fidelity=fidelity_classifier_of,
         backbone=str(PATHS.reward_backbone),
         dataset=str(PATHS.dataset),
         evaluator=str(PATHS.evaluator),
@@ -80,3 +86,42 @@ rule get_policy:
         f"{LOGS}/get-policy-{{paradigm}}.log",
     shell:
         "adagen get-policy --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
+
+
+# The fidelity-diversity knob (adagen.fidelity): a classifier of its own for the fidelity score, then per setting
+# the adaptive policy blended with the fidelity policy at each lambda, sampled and evaluated.
+rule train_fidelity_classifier:
+    input:
+        dataset=str(PATHS.dataset),
+    output:
+        model=str(PATHS.fidelity_classifier),
+        info=str(PATHS.fidelity_classifier_info),
+    params:
+        section=config["adagen"].get("fidelity"),
+    threads: training_threads()
+    log:
+        f"{LOGS}/train-fidelity-classifier.log",
+    shell:
+        "adagen train-fidelity-classifier --params {PARAMS_FILE} > {log} 2>&1"
+
+
+rule tradeoff:
+    input:
+        model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
+        adaptive=str(PATHS.policy("{paradigm}", "adaptive")),
+        fidelity=str(PATHS.policy("{paradigm}", "fidelity")),
+        dataset=str(PATHS.dataset),
+        evaluator=str(PATHS.evaluator),
+        refstats=str(PATHS.refstats_dir),
+    output:
+        metrics=str(PATHS.tradeoff("{paradigm}")),
+        plot=report(str(PATHS.tradeoff_plot("{paradigm}")), caption="../report/tradeoff.rst",
+                    category="Fidelity-diversity", labels={"setting": "{paradigm}"}),
+    params:
+        section=config["adagen"].get("fidelity"),
+        sample=config["sample"],
+    log:
+        f"{LOGS}/tradeoff-{{paradigm}}.log",
+    shell:
+        "adagen tradeoff --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule report:
         models=expand(str(PATHS.generator_info("{paradigm}")), paradigm=config["paradigms"]),
         tokenizers=expand(str(PATHS.tokenizer_info("{paradigm}")),
                           paradigm=[p for p in config["paradigms"] if p in TOKEN_PARADIGMS]),
+        tradeoffs=expand(str(PATHS.tradeoff("{paradigm}")), paradigm=config["paradigms"])
+        if "fidelity" in config["adagen"] else [],
         refstats=str(PATHS.refstats_dir),
         evaluator=str(PATHS.evaluator_info),
         dataset=str(PATHS.dataset_info),

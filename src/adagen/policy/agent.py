@@ -1,6 +1,6 @@
 """A policy network and a generator's action map as a rollout policy, deterministic or exploring.
 
-Deterministic (evaluation): u = policy(features, k). Exploring (PPO collection): u ~ N(policy(features, k),
+Deterministic (evaluation): u = policy(features, k), or a blend of two policies (the fidelity-diversity knob). Exploring (PPO collection): u ~ N(policy(features, k),
 std^2 I) in the network's output space (METHOD.md 1.2), with u and its log-probability recorded per decision.
 The smoothing state is reset at k = 0, so one object serves every rollout in turn.
 """
@@ -41,6 +41,10 @@ class AdaptivePolicy:
     noise: torch.Generator | None = None  # exploration noise stream (CPU)
     zero_state: bool = False  # learned-static ablation: the network sees zeros instead of features
     shard: tuple[int, int] = (0, 1)  # (rank, world size): draw the global batch's noise, keep this rank's rows
+    # The fidelity-diversity knob (METHOD.md 6): u = (1 - lam) u_network + lam u_blend, in the networks' output
+    # space, before residual, smoothing and activation. lam = 0 skips the blend, so it is the plain policy exactly.
+    blend: PolicyNet | None = None
+    lam: float = 0.0
     transitions: list[Transition] = field(default_factory=list)
     _previous: Tensor | None = None
 
@@ -52,6 +56,8 @@ class AdaptivePolicy:
             features = torch.zeros_like(features)
         k_B = torch.full((features.shape[0],), k, device=features.device)
         mean = self.network(features, k_B)
+        if self.blend is not None and self.lam > 0:
+            mean = (1 - self.lam) * mean + self.lam * self.blend(features, k_B)
         u = mean
         if self.std is not None:
             rank, world = self.shard
