@@ -523,3 +523,70 @@ def test_maskgit_mask_schedule_families(family, expected):
 def test_maskgit_unknown_mask_schedule_is_an_error():
     with pytest.raises(ValueError, match="mask_schedule 'zigzag': choose from cosine, linear"):
         make_generator("maskgit", mask_schedule="zigzag")
+
+
+# ------------------------------------------------------------------------------ value-guided lookahead
+
+stochastic = pytest.mark.parametrize("paradigm", sorted(name for name, p in PARADIGMS.items() if p.stochastic_steps))
+
+
+def random_critic(generator: StepwiseGenerator):
+    from adagen.policy.network import PolicyConfig, PolicyNet
+
+    torch.manual_seed(5)
+    return perturbed(PolicyNet(PolicyConfig(feature_dim=generator.feature_dim, grid=generator.feature_grid,
+                                            num_outputs=1, hidden_size=16, conv_channels=4, mlp_sizes=(16, 8)))).eval()
+
+
+@stochastic
+def test_lookahead_of_one_candidate_is_plain_sampling(paradigm):
+    from adagen.rl.rollout import Lookahead
+
+    generator = make_generator(paradigm)
+    labels = torch.tensor([0, 1, 2, 3])
+    plain = rollout(generator, labels, SampleRNG(range(4)))
+    one = rollout(generator, labels, SampleRNG(range(4)), lookahead=Lookahead(random_critic(generator), 1))
+    assert torch.equal(plain.images, one.images) and one.critic_calls == 0 and one.nfe == plain.nfe
+
+
+@stochastic
+def test_lookahead_follows_the_critic_and_counts_its_compute(paradigm):
+    from adagen.rl.rollout import Lookahead
+
+    generator, candidates = make_generator(paradigm), 3
+    critic = random_critic(generator)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    plain = rollout(generator, labels, SampleRNG(range(6)))
+    guided = rollout(generator, labels, SampleRNG(range(6)), lookahead=Lookahead(critic, candidates))
+    branching = generator.num_steps - 1  # the last step has no next state to value
+    per_step_nfe = plain.nfe / generator.num_steps
+    assert guided.critic_calls == candidates * branching
+    assert guided.nfe - plain.nfe == pytest.approx((candidates - 1) * branching * per_step_nfe, abs=(candidates - 1) * branching)
+    assert not torch.equal(plain.images, guided.images)
+    # The branches draw from per-sample forks: the batch does not change a sample's result.
+    halves = [rollout(generator, labels[i : i + 3], SampleRNG(range(i, i + 3)), lookahead=Lookahead(critic, candidates))
+              for i in (0, 3)]
+    assert torch.equal(torch.cat([half.images for half in halves]), guided.images)
+
+
+def test_pick_per_sample_takes_each_samples_rows_from_its_candidate():
+    from dataclasses import dataclass
+
+    from adagen.generators.base import pick_per_sample
+
+    @dataclass(frozen=True)
+    class State:
+        step: int
+        rows: torch.Tensor  # (B, 2)
+        doubled: torch.Tensor  # (2B,): cond rows then uncond rows
+        cache: list  # [(keys (2B, 1), values (2B, 1))]
+
+    def state(offset: float) -> State:
+        return State(7, torch.arange(6.0).view(3, 2) + offset, torch.arange(6.0) + offset,
+                     [(torch.arange(6.0).view(6, 1) + offset, -torch.arange(6.0).view(6, 1) - offset)])
+
+    picked = pick_per_sample([state(0), state(100), state(200)], torch.tensor([2, 0, 1]))
+    assert picked.step == 7
+    assert picked.rows.tolist() == [[200, 201], [2, 3], [104, 105]]
+    assert picked.doubled.tolist() == [200, 1, 102, 203, 4, 105]
+    assert picked.cache[0][0].view(-1).tolist() == [200, 1, 102, 203, 4, 105]

@@ -339,14 +339,16 @@ def torch_equal(a, b) -> bool:
     (["--paradigm", "dit", "--variant", "adaptive", "--steps", "9"], "was trained for 4 steps, not 9"),
     (["--paradigm", "var", "--steps", "3"], "var: the number of steps is fixed by the tokenizer's scales"),
     (["--paradigm", "gan"], "paradigm 'gan' is not in paradigms"),
-    (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps, --best-of and --lambda need --out, --grid or --png-dir"),
+    (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps, --best-of, --lookahead and --lambda need --out, --grid"),
     (["--paradigm", "dit", "--best-of", "0"], "best_of must be at least 1, got 0"),
     (["--paradigm", "dit", "--variant", "adaptive", "--lambda", "-0.1"], "lambda must lie in [0, 1], got -0.1"),
+    (["--paradigm", "dit", "--variant", "adaptive", "--lookahead", "2"], "an ODE step draws none"),
+    (["--paradigm", "var", "--variant", "static", "--lookahead", "2"], "needs the critic of a trained policy"),
 ])
 def test_sample_command_rejects_bad_arguments(finished_smoke_run, tmp_path, arguments, message):
     project, _ = finished_smoke_run
     base = ["adagen", "sample", "--params", "params/smoke.yaml"]
-    out = [] if "--out, --grid or --png-dir" in message else ["--out", str(tmp_path / "s.npz")]
+    out = [] if "need --out, --grid" in message else ["--out", str(tmp_path / "s.npz")]
     result = subprocess.run(base + arguments + out, cwd=project, capture_output=True, text=True)
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert not (tmp_path / "s.npz").exists()
@@ -470,3 +472,17 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("paradigm", TOKEN_PARADIGMS)
+def test_lookahead_with_the_trained_critic_counts_its_compute(finished_smoke_run, monkeypatch, paradigm):
+    from adagen.generate import generate
+
+    project, _ = finished_smoke_run
+    monkeypatch.chdir(project)
+    plain = generate("params/smoke.yaml", paradigm, "adaptive", count=4, seed=11)
+    guided = generate("params/smoke.yaml", paradigm, "adaptive", count=4, seed=11, lookahead=3)
+    branching = SMOKE_NFE[paradigm] - 1
+    assert guided.critic_calls == 3 * branching
+    assert guided.nfe == plain.nfe + 2 * branching  # one guided evaluation per step and branch
+    assert guided.images.shape == plain.images.shape

@@ -265,17 +265,20 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
 @click.option("--best-of", type=int, default=1,
               help="Refinement: N candidates per sample, the trained discriminator's favourite kept (N x compute).")
+@click.option("--lookahead", type=int, default=1,
+              help="Refinement (MaskGIT, VAR): K candidate next states per step, the critic's favourite continued.")
 @click.option("--lambda", "lam", type=float, default=0.0,
               help="Fidelity-diversity knob in [0, 1]: the adaptive policy blended with the fidelity policy.")
 def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: Path | None, grid: Path | None,
            png_dir: Path | None, count: int | None, labels_text: str | None, seed: int, batch_size: int,
-           steps: int | None, best_of: int, lam: float) -> None:
+           steps: int | None, best_of: int, lookahead: int, lam: float) -> None:
     """Sample with a variant's schedule. Without --out/--grid/--png-dir: the pipeline stage (class-balanced
     samples for every evaluation seed, uint8 npz and grid under results/). With them: the images you ask
     for, from the artifacts of a finished pipeline."""
     if out is None and grid is None and png_dir is None:
-        if count is not None or labels_text is not None or steps is not None or best_of != 1 or lam != 0:
-            raise click.UsageError("--count, --labels, --steps, --best-of and --lambda need --out, --grid or --png-dir")
+        if count is not None or labels_text is not None or steps is not None or best_of != 1 or lookahead != 1 or lam != 0:
+            raise click.UsageError("--count, --labels, --steps, --best-of, --lookahead and --lambda need --out, --grid "
+                                   "or --png-dir")
         _run_stage("sample", params_path, dry_run,
                    lambda p: [p.samples(paradigm, variant), p.grid(paradigm, variant)],
                    lambda params, paths, run: stages.sample(params, paths, run, paradigm, variant),
@@ -294,14 +297,15 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
         count = 100
     try:
         result = generate(params_path, paradigm, variant, count=count, labels=labels, seed=seed,
-                          batch_size=batch_size, steps=steps, best_of=best_of, lam=lam, progress=True)
+                          batch_size=batch_size, steps=steps, best_of=best_of, lookahead=lookahead, lam=lam,
+                          progress=True)
     except (ParamsError, stages.MissingInput, ValueError) as error:
         raise click.ClickException(str(error)) from error
     images, label_array = result.images.numpy(), result.labels.numpy()
     if out is not None:
         save_npz(out, images=images, labels=label_array, seeds=seed + np.arange(len(label_array)),
                  nfe=np.int64(result.nfe), forwards=np.int64(result.forwards), candidates=np.int64(best_of),
-                 discriminator_calls=np.int64(result.discriminator_calls),
+                 discriminator_calls=np.int64(result.discriminator_calls), critic_calls=np.int64(result.critic_calls),
                  **{f"action_{name}": values.numpy() for name, values in result.actions.items()})
         click.echo(f"{len(images)} samples -> {out}")
     if grid is not None:
@@ -311,6 +315,7 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
         save_png_folder(png_dir, result.images, result.labels)
         click.echo(f"{len(images)} PNG files -> {png_dir}")
     extra = f", best of {best_of}: {result.discriminator_calls} discriminator calls" if best_of > 1 else ""
+    extra += f", lookahead {lookahead}: {result.critic_calls} critic calls" if lookahead > 1 else ""
     click.echo(f"{paradigm} {variant}: {result.nfe} NFE ({result.forwards} network forwards){extra} per sample")
 
 

@@ -26,6 +26,8 @@ from adagen.generators import paradigm_of
 from adagen.io import atomic_path, load_checkpoint, load_json
 from adagen.reward.backbone import backbone_input, load_backbone
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
+from adagen.policy.network import load_policy
+from adagen.rl.rollout import Lookahead
 from adagen.sampling import class_balanced_labels, sample_images
 
 # Best-of-N: candidate j of sample i uses noise seed seed + i + j * stride, so candidate 0 is the plain sample.
@@ -46,6 +48,7 @@ class Generated:
     candidates: int = 1  # best-of-N: candidates generated per returned sample
     discriminator_calls: int = 0  # per returned sample (scoring the candidates)
     rewards: Tensor | None = None  # best-of-N: (candidates, N) reward of every candidate
+    critic_calls: int = 0  # per returned sample (lookahead: candidates x branching steps)
 
 
 def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) -> ProjectedDiscriminator:
@@ -62,14 +65,16 @@ def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) 
 
 def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
              labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
-             best_of: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
+             best_of: int = 1, lookahead: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
     """Images of one paradigm and variant: `count` class-balanced labels, or the given `labels`.
 
     `steps` changes the number of generator evaluations of a static variant (a trained policy keeps the
     number it was trained for). `best_of` > 1 is the inference-time refinement: that many candidates per
     sample, the one with the highest reward of the trained discriminator kept (the variant's own for a policy
     variant, the adaptive policy's otherwise); its compute is counted in `nfe`, `forwards` and
-    `discriminator_calls`. `lam` in [0, 1] blends the adaptive policy with the fidelity policy (0: the adaptive
+    `discriminator_calls`. `lookahead` > 1 is the value-guided lookahead of the stochastic paradigms (MaskGIT,
+    VAR): that many candidate next states per step, continued from the one the policy's critic values most; its
+    extra evaluations are in `nfe` and `forwards`, its critic calls in `critic_calls`. `lam` in [0, 1] blends the adaptive policy with the fidelity policy (0: the adaptive
     policy exactly). Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
     """
     params, paths = load_params(params_file), Paths.for_params_file(params_file)
@@ -96,6 +101,13 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
         raise ValueError(f"best_of must be at least 1, got {best_of}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+    if lookahead < 1:
+        raise ValueError(f"lookahead must be at least 1, got {lookahead}")
+    if lookahead > 1 and not paradigm_of(paradigm).stochastic_steps:
+        raise ValueError(f"{paradigm}: lookahead branches on the noise of token sampling (maskgit, var); "
+                         "an ODE step draws none")
+    if lookahead > 1 and variant not in stages.POLICY_VARIANTS:
+        raise ValueError(f"lookahead needs the critic of a trained policy; variant {variant!r} has none")
 
     settings = dict(stages.sampling_settings(params, paths, paradigm, variant))
     if steps is not None:
@@ -108,8 +120,13 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
         settings[steps_key] = steps
     generator = stages.load_generator(params, paths, paradigm, settings)
     policy = stages.load_sampling_policy(paths, paradigm, variant, generator, lam=lam)
+    guide = None
+    if lookahead > 1:
+        saved = load_checkpoint(stages.require(paths.policy(paradigm, variant), f"train --paradigm {paradigm}"))
+        guide = Lookahead(load_policy(saved["critic"]), lookahead)
     runs = [sample_images(generator, label_array, seed=seed + candidate * CANDIDATE_SEED_STRIDE,
-                          batch_size=batch_size, policy=policy, progress=progress) for candidate in range(best_of)]
+                          batch_size=batch_size, policy=policy, progress=progress, lookahead=guide)
+            for candidate in range(best_of)]
     images = np.stack([run["images"] for run in runs])  # (candidates, N, C, H, W)
     actions = {name: np.stack([run["actions"][name] for run in runs]) for name in runs[0]["actions"]}
     rewards, chosen = None, np.zeros(len(label_array), dtype=np.int64)
@@ -127,7 +144,8 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
     return Generated(images=torch.from_numpy(images[chosen, pick]), labels=torch.from_numpy(label_array),
                      actions={name: torch.from_numpy(values[chosen, pick]) for name, values in actions.items()},
                      nfe=best_of * runs[0]["nfe"], forwards=best_of * runs[0]["forwards"], settings=settings,
-                     candidates=best_of, discriminator_calls=best_of if best_of > 1 else 0, rewards=rewards)
+                     candidates=best_of, discriminator_calls=best_of if best_of > 1 else 0, rewards=rewards,
+                     critic_calls=best_of * runs[0]["critic_calls"])
 
 
 def save_png_folder(folder: str | os.PathLike, images: Tensor, labels: Tensor) -> list[Path]:

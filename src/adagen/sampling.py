@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from adagen.generators.base import SampleRNG, StepwiseGenerator
 from adagen.io import atomic_path
-from adagen.rl.rollout import Policy, rollout
+from adagen.rl.rollout import Lookahead, Policy, rollout
 
 
 def class_balanced_labels(n_samples: int, num_classes: int) -> np.ndarray:
@@ -37,6 +37,7 @@ def sample_images(
     policy: Policy | None = None,
     progress: bool = True,
     features: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
+    lookahead: Lookahead | None = None,
 ) -> dict:
     """Generate one image per label; sample i uses seed + i, so batch size does not change the images.
 
@@ -44,18 +45,18 @@ def sample_images(
     "forwards", "seconds"}, and "features" when `features` is given: what it returns for each batch of float
     images before they are rounded to uint8 (the AdaGen FID protocol measures those), concatenated.
     """
-    chunks, actions, extracted, nfe, forwards = [], [], [], 0, 0
+    chunks, actions, extracted, nfe, forwards, critic_calls = [], [], [], 0, 0, 0
     started = time.perf_counter()
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="sample", disable=not progress, mininterval=2.0):
         batch_labels = torch.from_numpy(labels[start : start + batch_size])
         rng = SampleRNG(range(seed + start, seed + start + len(batch_labels)))
-        result = rollout(generator, batch_labels, rng, policy)
+        result = rollout(generator, batch_labels, rng, policy, lookahead)
         chunks.append(to_uint8(result.images))
         if features is not None:
             extracted.append(features(result.images))
         actions.append({name: values.float().cpu().numpy() for name, values in result.actions.items()})
-        nfe, forwards = result.nfe, result.forwards
+        nfe, forwards, critic_calls = result.nfe, result.forwards, result.critic_calls
     return {
         **({"features": {key: np.concatenate([batch[key] for batch in extracted]) for key in extracted[0]}}
            if features is not None else {}),
@@ -64,6 +65,7 @@ def sample_images(
         "actions": {name: np.concatenate([batch[name] for batch in actions]) for name in actions[0]},
         "nfe": nfe,
         "forwards": forwards,
+        "critic_calls": critic_calls,
         "seconds": time.perf_counter() - started,
     }
 

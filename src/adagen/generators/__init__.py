@@ -28,13 +28,15 @@ class Paradigm:
     make_generator: Callable[..., StepwiseGenerator]
     full_sizes: dict[str, Callable]  # the paper's settings: name -> builder of the full-size network
     uses_tokenizer: bool = False  # the [tokenizer] arguments above: its VQ tokenizer
+    stochastic_steps: bool = False  # its steps draw noise (token sampling), so a step can branch (lookahead)
 
 
 PARADIGMS: dict[str, Paradigm] = {
     "maskgit": Paradigm("maskgit", maskgit.build_network, maskgit.training_loss, maskgit.load_network,
-                        maskgit.MaskGITGenerator.from_params, maskgit.FULL_SIZES, uses_tokenizer=True),
+                        maskgit.MaskGITGenerator.from_params, maskgit.FULL_SIZES, uses_tokenizer=True,
+                        stochastic_steps=True),
     "var": Paradigm("var", var.build_network, var.training_loss, var.load_network, var.VARGenerator.from_params,
-                    var.FULL_SIZES, uses_tokenizer=True),
+                    var.FULL_SIZES, uses_tokenizer=True, stochastic_steps=True),
     "dit": Paradigm("dit", dit.build_network, dit.training_loss, dit.load_network, dit.DiTGenerator.from_params,
                     dit.FULL_SIZES),
     "sit": Paradigm("sit", sit.build_network, sit.training_loss, sit.load_network, sit.SiTGenerator.from_params,

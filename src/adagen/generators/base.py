@@ -8,6 +8,7 @@ between steps without living inside the generator. Every step takes per-sample a
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -71,7 +72,18 @@ class SampleRNG:
 
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator(device=self.device).manual_seed(int(seed)) for seed in seeds]
+        self.seeds = [int(seed) for seed in seeds]
+        self.generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in self.seeds]
+
+    def fork(self, *tags: int) -> "SampleRNG":
+        """Other per-sample streams, fixed by each sample's own seed and `tags` (say step and candidate), so that
+        a branch's noise does not depend on the batch either; the streams of this object do not move."""
+        def mixed(seed: int) -> int:
+            for tag in tags:
+                seed = (seed * 1_000_003 + int(tag) + 1) % (1 << 63)
+            return seed
+
+        return SampleRNG([mixed(seed) for seed in self.seeds], self.device)
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -136,3 +148,26 @@ class StepwiseGenerator(abc.ABC):
         if set(actions) != names:
             raise KeyError(f"{type(self).__name__} expects actions {sorted(names)}, got {sorted(actions)}")
         return {spec.name: actions[spec.name].clamp(spec.low, spec.high) for spec in self.action_specs}
+
+
+def pick_per_sample(candidates: Sequence[Any], choice_B: Tensor) -> Any:
+    """One state made of candidate states, sample b taken from candidate choice_B[b] (value-guided lookahead).
+
+    Works on any state dataclass: a tensor whose rows are samples, or CFG-doubled samples (cond rows then uncond
+    rows: 2B), is picked row by row; lists and tuples (a KV cache) are picked element by element; anything else
+    (step counters, the random streams) is taken from the first candidate.
+    """
+    first, batch = candidates[0], choice_B.shape[0]
+
+    def pick(values: list) -> Any:
+        head = values[0]
+        if isinstance(head, Tensor) and head.dim() > 0 and head.shape[0] % batch == 0:
+            rows = head.shape[0]
+            which = choice_B.to(head.device).repeat(rows // batch)
+            return torch.stack(values)[which, torch.arange(rows, device=head.device)]
+        if isinstance(head, (list, tuple)):
+            return type(head)(pick([value[i] for value in values]) for i in range(len(head)))
+        return head
+
+    return dataclasses.replace(first, **{field.name: pick([getattr(c, field.name) for c in candidates])
+                                         for field in dataclasses.fields(first)})
