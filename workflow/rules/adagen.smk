@@ -13,6 +13,8 @@ rule tune_static:
     params:
         tuning=config["adagen"]["tuning"],
         sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],
+    resources:
+        **rule_resources("tune_static"),
     log:
         f"{LOGS}/tune-static-{{paradigm}}.log",
     shell:
@@ -29,6 +31,8 @@ rule train_reward_backbone:
     params:
         section=config["adagen"]["reward_backbone"],
     threads: training_threads()
+    resources:
+        **rule_resources("train_reward_backbone"),
     log:
         f"{LOGS}/train-reward-backbone.log",
     shell:
@@ -40,6 +44,12 @@ def start_schedule_of(wildcards):
     if config["adagen"]["start_from"] == "tuned-static":
         return [str(PATHS.tuned_static(wildcards.paradigm))]
     return []
+
+
+# The train rule submits its own job (submitit: GPUs, one task each, requeue on preemption) and waits for it,
+# so on a cluster it runs on the submitting host rather than inside a SLURM job of its own.
+localrules:
+    train,
 
 
 rule train:

@@ -23,6 +23,8 @@ rule report:
         schedules=expand(str(PATHS.schedules_plot("{paradigm}")), paradigm=config["paradigms"]),
         training=expand(str(PATHS.training_plot("{paradigm}", "{variant}")), paradigm=config["paradigms"],
                         variant=[v for v in config["variants"] if v in POLICY_VARIANTS]),
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/report.log",
     shell:
