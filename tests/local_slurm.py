@@ -52,6 +52,8 @@ def slurm_conf(state: Path) -> str:
         "SlurmctldHost=localhost",
         "SlurmUser=root",
         "AuthType=auth/munge",
+        # A requeued job waits out the step credential lifetime (120 s by default) before it starts again.
+        "AuthInfo=cred_expire=10",
         f"StateSaveLocation={state / 'ctld'}",
         f"SlurmdSpoolDir={state / 'slurmd'}",
         f"SlurmctldPidFile={state / 'slurmctld.pid'}",
@@ -70,7 +72,7 @@ def slurm_conf(state: Path) -> str:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
         "SchedulerType=sched/backfill",
-        "SchedulerParameters=bf_interval=1",
+        "SchedulerParameters=bf_interval=1,sched_interval=1",
         "ReturnToService=2",
         "SlurmdTimeout=60",
         node_line(),
