@@ -24,13 +24,16 @@ MUNGE_RUN = Path("/run/munge")
 PARTITION = "debug"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sinfo", "sbatch", "squeue", "scontrol", "scancel", "srun")
-# The daemons live in sbin, which a non-login PATH may lack.
-SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def which(name: str) -> str | None:
+    """A SLURM or munge program; the daemons live in sbin, which a non-login PATH may lack."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 
 
 def missing() -> str | None:
     """Why no local cluster can be started here, or None."""
-    absent = [name for name in DAEMONS + CLIENTS if shutil.which(name, path=SEARCH_PATH) is None]
+    absent = [name for name in DAEMONS + CLIENTS if which(name) is None]
     if absent:
         return f"SLURM/munge not installed (no {', '.join(absent)}): apt-get install slurm-wlm munge"
     if os.geteuid() != 0:
@@ -40,7 +43,7 @@ def missing() -> str | None:
 
 def node_line() -> str:
     """This machine's node definition as slurmd detects it (CPUs, sockets, cores, memory), named localhost."""
-    detected = subprocess.run([shutil.which("slurmd", path=SEARCH_PATH), "-C"], capture_output=True, text=True,
+    detected = subprocess.run([which("slurmd"), "-C"], capture_output=True, text=True,
                               check=True).stdout.splitlines()[0].split()
     fields = [field for field in detected if not field.startswith(("NodeName=", "UpTime="))]
     return " ".join(["NodeName=localhost", *fields, "State=UNKNOWN"])
@@ -133,7 +136,7 @@ class LocalSlurm:
 
     def _spawn(self, command: list[str], user: str | None = None) -> None:
         log = open(self.folder / f"{command[0]}.out", "w")
-        self.daemons.append(subprocess.Popen([shutil.which(command[0], path=SEARCH_PATH), *command[1:]], stdout=log,
+        self.daemons.append(subprocess.Popen([which(command[0]), *command[1:]], stdout=log,
                                              stderr=subprocess.STDOUT, user=user, start_new_session=True))
         log.close()
 

@@ -157,6 +157,22 @@ def test_snakemake_rejects_a_bad_params_file_naming_the_key(project_copy):
     assert not (project_copy / "results").exists()
 
 
+def test_snakemake_refuses_a_dvc_remote_when_dvc_yaml_names_another_set(project_copy):
+    """dvc_remote pushes what dvc.yaml records: a run of another params set would push nothing of its own."""
+    params = project_copy / "params" / "shared.yaml"
+    params.write_text(yaml.safe_dump({**DEFAULT, "dvc_remote": {"name": "shared", "url": "/tmp/nowhere"}}))
+    result = subprocess.run(["snakemake", "-n", "--configfile", "params/shared.yaml", "--cores", "1", "all"],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "dvc_remote: dvc.yaml records params set 'default'" in result.stdout + result.stderr
+    dvc_yaml = project_copy / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("set: default", "set: shared")
+                        .replace("params/default.yaml:paradigms", "params/shared.yaml:paradigms"))
+    result = subprocess.run(["snakemake", "-n", "--configfile", "params/shared.yaml", "--cores", "1", "all"],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_inception_evaluator_pins_its_weights_file(tmp_path, monkeypatch):
     """Full scale: nothing is trained; the weights file is checked and its hash recorded for the metrics."""
     from adagen.io import load_checkpoint, load_json, sha256_of_file

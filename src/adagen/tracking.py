@@ -198,8 +198,10 @@ class TrackingServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:
             # Its own process group: stop() ends the server together with its uvicorn worker.
+            # No job runner: its eight queue consumers serve MLflow's GenAI jobs, which no stage submits.
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -215,15 +217,21 @@ class TrackingServer:
             time.sleep(0.5)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """End the server and every process it started (its process group), SIGKILL after `timeout` s."""
         import signal
 
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        group = self.process.pid
+        deadline = time.monotonic() + timeout
+        try:
+            os.killpg(group, signal.SIGTERM)
+            while time.monotonic() < deadline + 10:
+                self.process.poll()  # reap the server itself; init reaps its children
+                # Signal 0 only asks whether the group still has a process (ProcessLookupError once empty).
+                os.killpg(group, signal.SIGKILL if time.monotonic() > deadline else 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self.process = None

@@ -25,8 +25,8 @@ def dvc_set_problem():
     return None
 
 
-if DVC_REMOTE and dvc_set_problem():
-    raise WorkflowError(dvc_set_problem())
+if DVC_REMOTE and (problem := dvc_set_problem()):
+    raise WorkflowError(problem)
 
 
 def share_with_dvc():
