@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 PARAMS ?= params/default.yaml
 
-.PHONY: demo test venv clean-results
+.PHONY: demo test venv clean-results slurm-profile
 
 # The virtual environment, from the tested pins (constraints.txt); rebuilt when the pins or the project change.
 $(BIN)/adagen: pyproject.toml constraints.txt
@@ -26,6 +26,17 @@ demo: venv
 
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The SLURM profile template as the user's `slurm` profile, where `snakemake --profile slurm` looks for it.
+# An existing profile (a site's own) is left alone.
+SNAKEMAKE_CONFIG := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+slurm-profile:
+	@if [ -e "$(SNAKEMAKE_CONFIG)/slurm" ]; then \
+		echo "$(SNAKEMAKE_CONFIG)/slurm exists: left as it is (compare it with workflow/profiles/slurm)"; \
+	else \
+		mkdir -p "$(SNAKEMAKE_CONFIG)" && cp -r workflow/profiles/slurm "$(SNAKEMAKE_CONFIG)/slurm" && \
+		echo "installed $(SNAKEMAKE_CONFIG)/slurm: set slurm_partition (and configfile) in its config.yaml"; \
+	fi
 
 clean-results:
 	rm -rf results/ logs/ .snakemake/ data/*/

@@ -12,6 +12,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/generators.smk"
 include: "workflow/rules/adagen.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/hooks.smk"
 
 
 rule all:

@@ -49,3 +49,18 @@ def copy_project(target: Path) -> Path:
 @pytest.fixture
 def project_copy(tmp_path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM cluster on localhost (tests/local_slurm.py) for the tests that need one. Skipped where
+    slurm-wlm and munge are not installed, unless ADAGEN_REQUIRE_SLURM=1 (CI), where that is a failure."""
+    from local_slurm import LocalSlurm, missing
+
+    reason = missing()
+    if reason:
+        if os.environ.get("ADAGEN_REQUIRE_SLURM") == "1":
+            pytest.fail(f"ADAGEN_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    with LocalSlurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

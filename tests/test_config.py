@@ -69,6 +69,13 @@ BAD_PARAMS = [
     ("generators.maskgit.tokenizer.network.style", "vqgan", "generators.maskgit.tokenizer.network.style"),
     ("generators.maskgit.network.depth", 5, "generators.maskgit.network.depth"),
     ("generators.maskgit.sampling.mask_ratio", 0.5, "generators.maskgit.sampling.mask_ratio: unknown key"),
+    ("resources", {"default": {"mem": 1000}}, "resources.default.mem: unknown key"),
+    ("resources", {"train": {"mem_mb": 1000}}, "resources.train: unknown key"),  # sized by `launch`
+    ("resources", {"pretrain": {"slurm_partition": 3}}, "resources.pretrain.slurm_partition"),
+    ("tracking", {"server": True, "hots": "0.0.0.0"}, "tracking.hots: unknown key"),
+    ("tracking", {"host": "127.0.0.1"}, "tracking.server: 'server' is a required property"),
+    ("dvc_remote", {"name": "shared"}, "dvc_remote.url: 'url' is a required property"),
+    ("dvc_remote", {"name": "a b", "url": "/shared/dvc"}, "dvc_remote.name"),
 ]
 
 
@@ -78,6 +85,14 @@ def test_bad_params_are_rejected_with_the_key_named(dotted, value, expected):
         validate_params(_set(DEFAULT, dotted, value), "bad.yaml")
     assert expected in str(caught.value)
     assert str(caught.value).startswith("bad.yaml")
+
+
+def test_cluster_sections_are_valid():
+    params = {**DEFAULT, "resources": {"default": {"mem_mb": 8000, "runtime": 60, "slurm_partition": "gpu"},
+                                       "pretrain": {"gpu": 1, "cpus_per_task": 8, "slurm_extra": "--qos=high"}},
+              "tracking": {"server": True, "host": "0.0.0.0", "port": 5001},
+              "dvc_remote": {"name": "shared", "url": "s3://bucket/adagen"}}
+    assert validate_params(params, "cluster.yaml") is params
 
 
 def test_all_problems_are_reported_at_once():
@@ -140,6 +155,22 @@ def test_snakemake_rejects_a_bad_params_file_naming_the_key(project_copy):
     assert result.returncode != 0
     assert "batch_sise" in result.stdout + result.stderr
     assert not (project_copy / "results").exists()
+
+
+def test_snakemake_refuses_a_dvc_remote_when_dvc_yaml_names_another_set(project_copy):
+    """dvc_remote pushes what dvc.yaml records: a run of another params set would push nothing of its own."""
+    params = project_copy / "params" / "shared.yaml"
+    params.write_text(yaml.safe_dump({**DEFAULT, "dvc_remote": {"name": "shared", "url": "/tmp/nowhere"}}))
+    result = subprocess.run(["snakemake", "-n", "--configfile", "params/shared.yaml", "--cores", "1", "all"],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "dvc_remote: dvc.yaml records params set 'default'" in result.stdout + result.stderr
+    dvc_yaml = project_copy / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("set: default", "set: shared")
+                        .replace("params/default.yaml:paradigms", "params/shared.yaml:paradigms"))
+    result = subprocess.run(["snakemake", "-n", "--configfile", "params/shared.yaml", "--cores", "1", "all"],
+                            cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_inception_evaluator_pins_its_weights_file(tmp_path, monkeypatch):

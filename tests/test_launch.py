@@ -68,9 +68,12 @@ def train_until_done(checkpoint: str, iterations: int, pid_file: str | None = No
             "rewards": [entry["reward"] for entry in summary["history"]]}
 
 
-def test_a_preempted_training_job_requeues_and_ends_as_if_never_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.slow)])
+def test_a_preempted_training_job_requeues_and_ends_as_if_never_stopped(executor, request, tmp_path, monkeypatch):
     """The job is signalled mid-run (what SLURM sends before a timeout or preemption): submitit requeues the
-    same call, training resumes from its last checkpoint and ends exactly where an uninterrupted run does."""
+    same call, training resumes from its last checkpoint and ends exactly where an uninterrupted run does. On
+    the local executor the signal goes to the task's process; on the one-node SLURM cluster (tests/local_slurm.py)
+    it is sent by scancel, as SLURM does, and submitit requeues the job with scontrol."""
     import time
     from pathlib import Path
 
@@ -78,20 +81,34 @@ def test_a_preempted_training_job_requeues_and_ends_as_if_never_stopped(tmp_path
 
     from adagen.launch import submit_job, wait_for
 
+    launch = LOCAL
+    if executor == "slurm":
+        cluster = request.getfixturevalue("slurm_cluster")
+        launch = {**LOCAL, "executor": "slurm", "slurm_partition": cluster.partition, "cpus_per_task": 1,
+                  "mem_gb": 1}
     tests = str(Path(__file__).resolve().parent)  # the job process imports this module's training function
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     iterations = 40
     # The reference runs as a job too: same kind of process, same thread count, so the same float arithmetic.
-    reference = run_job(train_until_done, str(tmp_path / "reference.pt"), iterations, launch=LOCAL,
+    reference = run_job(train_until_done, str(tmp_path / "reference.pt"), iterations, launch=launch,
                         folder=tmp_path / "jobs", name="adagen-reference")
-    job = submit_job(train_until_done, str(tmp_path / "job.pt"), iterations, str(tmp_path / "pid"), launch=LOCAL,
+    job = submit_job(train_until_done, str(tmp_path / "job.pt"), iterations, str(tmp_path / "pid"), launch=launch,
                      folder=tmp_path / "jobs", name="adagen-requeue")
     deadline = time.monotonic() + 300
     while not (tmp_path / "job.pt").exists() and time.monotonic() < deadline and not job.done():
         time.sleep(0.05)
-    # What SLURM sends a job before its time limit or on preemption (submitit's default USR2), to the task.
-    os.kill(int((tmp_path / "pid").read_text()), signal.SIGUSR2)
-    result = wait_for(job, LOCAL, "adagen-requeue")
+    if executor == "slurm":
+        job._interrupt(timeout=True)  # scancel --signal USR2: SLURM's warning before the time limit
+    else:
+        # What SLURM sends a job before its time limit or on preemption (submitit's default USR2), to the task.
+        os.kill(int((tmp_path / "pid").read_text()), signal.SIGUSR2)
+    result = wait_for(job, launch, "adagen-requeue")
     assert result["resumed_from"] is not None and 0 < result["resumed_from"] < iterations
     assert result["rewards"] == reference["rewards"]
     assert all(torch.equal(a, b) for a, b in zip(result["state"], reference["state"]))
+    if executor == "slurm":  # the same SLURM job, started a second time
+        import subprocess
+
+        details = subprocess.run(["scontrol", "show", "job", job.job_id], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout.split()
+        assert "Restarts=1" in details

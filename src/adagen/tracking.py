@@ -139,6 +139,8 @@ def stage_run(
         tags["paradigm"] = paradigm
     if variant:
         tags["variant"] = variant
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]  # where the stage ran, to find its job's log
     for name, path in (inputs or {}).items():
         if Path(path).is_file():
             tags[f"input.{name}.md5"] = file_md5(Path(path))
@@ -165,3 +167,80 @@ def stage_run(
         raise
     with run._locked():
         client.set_terminated(run.run_id, status="FINISHED")
+
+
+class TrackingServer:
+    """`mlflow server` on the project's store, for the jobs of a cluster run (params `tracking`): jobs on many
+    nodes must not share one sqlite file, so they all talk to this one process instead. `start()` returns once
+    it answers; `stop()` ends it by its process id."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5000, log_path: str | Path = "mlflow-server.log",
+                 store: str = DEFAULT_TRACKING_URI, artifacts: str = ARTIFACT_DIR):
+        import socket
+
+        self.host, self.port, self.log_path = host, port, Path(log_path)
+        self.store, self.artifacts = store, artifacts
+        # Bound to every interface, it is reached by this machine's name (what jobs on other nodes resolve).
+        self.reachable_as = socket.getfqdn() if host in ("0.0.0.0", "::") else host
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.reachable_as}:{self.port}"
+
+    def command(self) -> list[str]:
+        import sys
+
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store,
+                   "--artifacts-destination", self.artifacts, "--host", self.host, "--port", str(self.port),
+                   # One worker process: sqlite takes one writer at a time, and one process serialises them.
+                   "--workers", "1"]
+        if self.reachable_as not in ("127.0.0.1", "localhost"):
+            # MLflow only accepts Host headers of localhost and private addresses unless told otherwise.
+            command += ["--allowed-hosts", f"{self.reachable_as},{self.reachable_as}:{self.port}"]
+        return command
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start the server (its output in `log_path`) and wait until /health answers; returns its URI."""
+        import urllib.request
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            # Its own process group: stop() ends the server together with its uvicorn worker.
+            # No job runner: its eight queue consumers serve MLflow's GenAI jobs, which no stage submits.
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True,
+                                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server on {self.host}:{self.port} did not start; its log "
+                                   f"({self.log_path}):\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the server and every process it started (its process group), SIGKILL after `timeout` s."""
+        import signal
+
+        if self.process is None:
+            return
+        group = self.process.pid
+        deadline = time.monotonic() + timeout
+        try:
+            os.killpg(group, signal.SIGTERM)
+            while time.monotonic() < deadline + 10:
+                self.process.poll()  # reap the server itself; init reaps its children
+                # Signal 0 only asks whether the group still has a process (ProcessLookupError once empty).
+                os.killpg(group, signal.SIGKILL if time.monotonic() > deadline else 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        self.process = None

@@ -13,6 +13,8 @@ rule tune_static:
     params:
         tuning=config["adagen"]["tuning"],
         sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],
+    resources:
+        **rule_resources("tune_static"),
     log:
         f"{LOGS}/tune-static-{{paradigm}}.log",
     shell:
@@ -29,6 +31,8 @@ rule train_reward_backbone:
     params:
         section=config["adagen"]["reward_backbone"],
     threads: training_threads()
+    resources:
+        **rule_resources("train_reward_backbone"),
     log:
         f"{LOGS}/train-reward-backbone.log",
     shell:
@@ -45,6 +49,12 @@ def start_schedule_of(wildcards):
 def fidelity_classifier_of(wildcards):
     """The fidelity policy's reward adds the score of its own frozen classifier."""
     return [str(PATHS.fidelity_classifier)] if wildcards.variant == "fidelity" else []
+
+
+# The train rule submits its own job (submitit: GPUs, one task each, requeue on preemption) and waits for it,
+# so on a cluster it runs on the submitting host rather than inside a SLURM job of its own.
+localrules:
+    train,
 
 
 rule train:
@@ -82,6 +92,8 @@ rule get_policy:
     params:
         asset=lambda wildcards: config["generators"][wildcards.paradigm].get("released_policy"),
         policy=config["adagen"]["policy"],
+    resources:
+        **rule_resources("get_policy"),
     log:
         f"{LOGS}/get-policy-{{paradigm}}.log",
     shell:
@@ -99,6 +111,8 @@ rule train_fidelity_classifier:
     params:
         section=config["adagen"].get("fidelity"),
     threads: training_threads()
+    resources:
+        **rule_resources("train_fidelity_classifier"),
     log:
         f"{LOGS}/train-fidelity-classifier.log",
     shell:
@@ -121,6 +135,8 @@ rule tradeoff:
     params:
         section=config["adagen"].get("fidelity"),
         sample=config["sample"],
+    resources:
+        **rule_resources("tradeoff"),
     log:
         f"{LOGS}/tradeoff-{{paradigm}}.log",
     shell:

@@ -50,3 +50,9 @@ def training_threads():
 wildcard_constraints:
     paradigm=one_of(config["paradigms"]),
     variant="|".join(VARIANTS),
+
+
+def rule_resources(rule_name):
+    """The SLURM resources of a rule from the params set (`resources`): the defaults, then the rule's own."""
+    section = config.get("resources", {})
+    return {**section.get("default", {}), **section.get(rule_name, {})}

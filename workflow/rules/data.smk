@@ -7,6 +7,8 @@ rule prepare_data:
         info=str(PATHS.dataset_info),
     params:
         section=config["data"],
+    resources:
+        **rule_resources("prepare_data"),
     log:
         f"{LOGS}/prepare-data.log",
     shell:
@@ -22,6 +24,8 @@ rule train_evaluator:
     params:
         section=config["evaluator"],
     threads: 2
+    resources:
+        **rule_resources("train_evaluator"),
     log:
         f"{LOGS}/train-evaluator.log",
     shell:
@@ -37,6 +41,8 @@ rule refstats:
     params:
         evaluator=config["evaluator"],
         metrics=config["metrics"],
+    resources:
+        **rule_resources("refstats"),
     log:
         f"{LOGS}/refstats.log",
     shell:

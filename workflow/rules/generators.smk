@@ -13,6 +13,8 @@ rule train_tokenizer:
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm]["tokenizer"],
     threads: training_threads()
+    resources:
+        **rule_resources("train_tokenizer"),
     log:
         f"{LOGS}/train-tokenizer-{{paradigm}}.log",
     shell:
@@ -39,6 +41,8 @@ rule pretrain:
         objective=lambda wildcards: config["generators"][wildcards.paradigm]["objective"],
         pretrain=lambda wildcards: config["generators"][wildcards.paradigm]["pretrain"],
     threads: training_threads()
+    resources:
+        **rule_resources("pretrain"),
     log:
         f"{LOGS}/pretrain-{{paradigm}}.log",
     shell:
@@ -55,6 +59,8 @@ rule get_generator:
         paradigm=one_of([name for name in DOWNLOADED if name not in TOKEN_PARADIGMS]),
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm],
+    resources:
+        **rule_resources("get_generator"),
     log:
         f"{LOGS}/get-generator-{{paradigm}}.log",
     shell:
@@ -93,6 +99,8 @@ rule sample:
     params:
         sample=config["sample"],
         sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],
+    resources:
+        **rule_resources("sample"),
     log:
         f"{LOGS}/sample-{{paradigm}}-{{variant}}.log",
     shell:
@@ -111,6 +119,8 @@ rule evaluate:
     params:
         evaluator=config["evaluator"],
         metrics=config["metrics"],
+    resources:
+        **rule_resources("evaluate"),
     log:
         f"{LOGS}/evaluate-{{paradigm}}-{{variant}}.log",
     shell:

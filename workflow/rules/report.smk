@@ -29,6 +29,8 @@ rule report:
         training=[report(str(PATHS.training_plot(paradigm, variant)), caption="../report/training.rst",
                          category="Training", labels={"setting": paradigm, "variant": variant})
                   for paradigm in config["paradigms"] for variant in config["variants"] if variant in POLICY_VARIANTS],
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/report.log",
     shell:
