@@ -63,10 +63,12 @@ def slurm_conf(state: Path) -> str:
         f"SlurmdPidFile={state / 'slurmd.pid'}",
         f"SlurmctldLogFile={state / 'slurmctld.log'}",
         f"SlurmdLogFile={state / 'slurmd.log'}",
-        # No accounting database: sacct fails, so finished jobs stay in squeue for status queries (10 min).
+        # No accounting database: sacct fails, so status queries go to squeue.
         "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none",
-        "MinJobAge=600",
+        # Finished jobs stay in squeue (no accounting database here) for the status checks of Snakemake's plugin
+        # and for the tests, which read every job of a whole pipeline run back: longer than any run takes.
+        "MinJobAge=7200",
         # No cgroups in a container: processes tracked by parent id, tasks not bound.
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
@@ -156,7 +158,7 @@ class LocalSlurm:
         return sinfo.returncode == 0 and sinfo.stdout.split() == ["idle"]
 
     def job_ids(self) -> set[str]:
-        """Every job the controller has seen in the last ten minutes (MinJobAge), finished ones too."""
+        """Every job the controller has seen in the last two hours (MinJobAge), finished ones too."""
         squeue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True)
         return set(squeue.stdout.split())
 
