@@ -124,8 +124,7 @@ def _reference(params: dict, dataset) -> tuple[np.ndarray, dict | None]:
     if missing:
         raise ValueError(f"{path}: a reference file holds arr_0 (images), mu and sigma (ADM's reference batch "
                          f"format); {', '.join(missing)} missing")
-    info = {"file": str(path), "sha256": sha256_of_file(path), "n_images": len(published["arr_0"])}
-    return np.ascontiguousarray(published["arr_0"].transpose(0, 3, 1, 2)), {**published, "info": info}
+    return np.ascontiguousarray(published["arr_0"].transpose(0, 3, 1, 2)), {**published, "file": path}
 
 
 def refstats(params: dict, paths: Paths, run: StageRun) -> dict:
@@ -139,7 +138,9 @@ def refstats(params: dict, paths: Paths, run: StageRun) -> dict:
     info = compute_reference(reference_images, *args)
     if published is not None:
         import_reference_statistics(published["mu"], published["sigma"], params["evaluator"], paths.refstats_dir)
-        info["published"] = published["info"]
+        # Hashed here once; evaluations only read the file (fetch has verified a fetched one).
+        info["published"] = {"file": str(published["file"]), "sha256": sha256_of_file(published["file"]),
+                             "n_images": len(reference_images)}
     if "adagen" in params["metrics"].get("protocols", []):
         if published is not None:  # the file's statistics serve both protocols
             statistics = {"mu": published["mu"], "sigma": published["sigma"]}
