@@ -28,7 +28,7 @@ VARIANTS = ["static", "tuned-static", "adaptive"]
 # SLURM jobs per rule of the smoke DAG (train runs on the submitting host and submits through submitit).
 RULE_JOBS = {"prepare_data": 1, "train_evaluator": 1, "refstats": 1, "train_tokenizer": 2, "pretrain": 4,
              "tune_static": 4, "train_reward_backbone": 1, "train_fidelity_classifier": 1, "sample": 12,
-             "evaluate": 12, "tradeoff": 4, "report": 1}
+             "evaluate": 12, "tradeoff": 4, "refine": 4, "report": 1}
 TRAINED = ("adaptive", "fidelity")  # the policies of the default target, each a submitit job
 
 

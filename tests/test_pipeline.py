@@ -21,8 +21,9 @@ from PIL import Image
 from conftest import copy_project
 
 STAGES = {"prepare-data", "train-evaluator", "refstats", "train-tokenizer", "pretrain", "tune-static",
-          "train-reward-backbone", "train-fidelity-classifier", "train", "tradeoff", "sample", "evaluate", "report"}
-PER_PARADIGM = {"pretrain", "tune-static", "tradeoff"}  # one run per paradigm
+          "train-reward-backbone", "train-fidelity-classifier", "train", "tradeoff", "refine", "sample", "evaluate",
+          "report"}
+PER_PARADIGM = {"pretrain", "tune-static", "tradeoff", "refine"}  # one run per paradigm
 TRAINED = ["adaptive", "fidelity"]  # the policies the default target trains per paradigm
 PER_VARIANT = {"sample", "evaluate"}  # one run per paradigm and variant
 PARADIGMS = ["maskgit", "var", "dit", "sit"]  # those of params/smoke.yaml
@@ -59,14 +60,34 @@ def test_outputs_of_every_stage(finished_smoke_run):
     results = project / "results" / "smoke"
     with open(results / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall",
-                             "seeds", "n_samples", "seconds"]
-    assert [(row["paradigm"], row["variant"], row["nfe"], row["seeds"], row["n_samples"]) for row in rows] == \
-        [(paradigm, variant, str(SMOKE_NFE[paradigm]), "2", str(SAMPLES)) for paradigm in PARADIGMS
-         for variant in VARIANTS]
+    assert list(rows[0]) == ["paradigm", "variant", "nfe", "extra_calls", "fid", "fid_spread", "isc", "kid",
+                             "precision", "recall", "seeds", "n_samples", "seconds"]
+    # Per paradigm: the variants on every seed, then the refined samplers and the lambda sweep on the first seed.
+    one_seed = {paradigm: ["adaptive+bestof2", *(["adaptive+lookahead2"] if paradigm in TOKEN_PARADIGMS else []),
+                           "adaptive+lambda0", "adaptive+lambda1"] for paradigm in PARADIGMS}
+    expected = []
+    for paradigm in PARADIGMS:
+        expected += [(paradigm, variant, "2", str(SAMPLES)) for variant in VARIANTS]
+        expected += [(paradigm, variant, "1", str(SAMPLES // 2)) for variant in one_seed[paradigm]]
+    assert [(row["paradigm"], row["variant"], row["seeds"], row["n_samples"]) for row in rows] == expected
+    for row in rows:
+        plain = SMOKE_NFE[row["paradigm"]]
+        if row["variant"].startswith("adaptive+bestof2"):  # two candidates, a discriminator call for each
+            assert (int(row["nfe"]), int(row["extra_calls"])) == (2 * plain, 2)
+        elif row["variant"].startswith("adaptive+lookahead2"):  # extra branches at the branching steps, critic calls
+            assert plain < int(row["nfe"]) < 2 * plain and int(row["extra_calls"]) > 0
+        else:
+            assert (int(row["nfe"]), int(row["extra_calls"])) == (plain, 0)
     assert all(np.isfinite(float(row["fid"])) and float(row["fid"]) > 0 for row in rows)
     summary = (results / "summary.md").read_text()
     assert "uniform noise" in summary and "Adaptive vs baselines" in summary
+    assert "Inference-time refinement" in summary and "refine maskgit" in summary
+    for paradigm in PARADIGMS:  # the plain policy's row in the refinement table is its evaluation's first seed
+        refined = json.loads((results / paradigm / "metrics" / "refinement.json").read_text())
+        plain = json.loads((results / paradigm / "metrics" / "adaptive.json").read_text())["per_seed"][0]
+        assert refined["rows"][0]["fid"] == plain["fid"] and refined["seed"] == plain["seed"] == 0
+        figure = results / paradigm / "fid-vs-nfe.png"
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"{paradigm}/fid-vs-nfe.png" in summary
     for paradigm in PARADIGMS:
         assert f"| {paradigm} | static | 4 |" in summary and f"pretrain {paradigm}" in summary
         assert f"| {paradigm} | tuned-static |" in summary and f"train {paradigm} adaptive" in summary
@@ -439,6 +460,7 @@ def test_fidelity_policy_and_the_lambda_knob(finished_smoke_run, monkeypatch):
     """The default target trains a fidelity policy per setting and sweeps the blend; lambda 0 is the adaptive policy
     and lambda 1 the fidelity policy, exactly."""
     from adagen.generate import generate
+    from adagen.io import sha256_of_file
 
     project, _ = finished_smoke_run
     monkeypatch.chdir(project)
@@ -451,7 +473,10 @@ def test_fidelity_policy_and_the_lambda_knob(finished_smoke_run, monkeypatch):
     # The sweep's lambda 0 is the adaptive variant on the first evaluation seed: the same FID as that seed's.
     adaptive = json.loads((results / "dit" / "metrics" / "adaptive.json").read_text())
     sweep = json.loads((results / "dit" / "metrics" / "tradeoff.json").read_text())
-    assert sweep["rows"][0]["fid"] == pytest.approx(adaptive["per_seed"][0]["fid"], rel=1e-6)
+    assert sweep["rows"][0]["fid"] == adaptive["per_seed"][0]["fid"]
+    # The fidelity policy fine-tunes the adaptive one.
+    fidelity_info = json.loads((results / "dit" / "policy" / "fidelity.json").read_text())
+    assert fidelity_info["fine_tunes"]["sha256"] == sha256_of_file(results / "dit" / "policy" / "adaptive.pt")
     summary = (results / "summary.md").read_text()
     assert "Fidelity-diversity knob" in summary and "train-fidelity-classifier" in summary
     plain = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3)

@@ -38,8 +38,9 @@ def test_snakemake_and_dvc_agree_on_commands_and_outputs():
     snakemake = snakemake_jobs(REPO, "all", "ablations")
     dvc = dvc_stages(REPO)
     # data, evaluator, refstats, reward backbone, fidelity classifier, report + 2 tokenizers + pretrain,
-    # tune-static, tradeoff x 4 paradigms + train x 4 paradigms x 4 policies + sample, evaluate x 4 x 5 variants
-    assert len(snakemake) == 6 + 2 + 3 * 4 + 4 * 4 + 2 * 4 * 5
+    # tune-static, tradeoff, refine x 4 paradigms + train x 4 paradigms x 4 policies + sample, evaluate x 4 x 5
+    # variants
+    assert len(snakemake) == 6 + 2 + 4 * 4 + 4 * 4 + 2 * 4 * 5
     assert snakemake.keys() == dvc.keys()
     for command, outputs in snakemake.items():
         assert outputs == dvc[command], command

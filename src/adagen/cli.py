@@ -158,6 +158,16 @@ def tradeoff(params_path: Path, paradigm: str, dry_run: bool) -> None:
                lambda params, paths, run: stages.tradeoff(params, paths, run, paradigm), paradigm=paradigm)
 
 
+@main.command("refine")
+@params_option
+@paradigm_option
+@dry_run_option
+def refine(params_path: Path, paradigm: str, dry_run: bool) -> None:
+    """Inference-time refinement: best-of-N and value-guided lookahead beside the plain adaptive policy."""
+    _run_stage("refine", params_path, dry_run, lambda p: [p.refinement(paradigm)],
+               lambda params, paths, run: stages.refine(params, paths, run, paradigm), paradigm=paradigm)
+
+
 @main.command("tune-static")
 @params_option
 @paradigm_option

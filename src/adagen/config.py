@@ -298,6 +298,13 @@ class Paths:
     def tradeoff_plot(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "tradeoff.png"
 
+    def refinement(self, paradigm: str) -> Path:
+        """Inference-time refinement: metrics and compute of best-of-N and lookahead beside the plain policy."""
+        return self.results_dir / paradigm / "metrics" / "refinement.json"
+
+    def fid_nfe_plot(self, paradigm: str) -> Path:
+        return self.results_dir / paradigm / "fid-vs-nfe.png"
+
     def tuned_static(self, paradigm: str) -> Path:
         """The tuned-static schedule: the chosen sampling settings and the whole grid with its FIDs."""
         return self.results_dir / paradigm / "policy" / "tuned-static.json"

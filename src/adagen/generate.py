@@ -74,12 +74,21 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
     variant, the adaptive policy's otherwise); its compute is counted in `nfe`, `forwards` and
     `discriminator_calls`. `lookahead` > 1 is the value-guided lookahead of the stochastic paradigms (MaskGIT,
     VAR): that many candidate next states per step, continued from the one the policy's critic values most; its
-    extra evaluations are in `nfe` and `forwards`, its critic calls in `critic_calls`. `lam` in [0, 1] blends the adaptive policy with the fidelity policy (0: the adaptive
-    policy exactly). Missing artifacts raise `stages.MissingInput` naming the stage that makes them.
+    extra evaluations are in `nfe` and `forwards`, its critic calls in `critic_calls`. `lam` in [0, 1] blends
+    the adaptive policy with the fidelity policy (0: the adaptive policy exactly). Missing artifacts raise
+    `stages.MissingInput` naming the stage that makes them.
     """
-    params, paths = load_params(params_file), Paths.for_params_file(params_file)
+    return generate_from(load_params(params_file), Paths.for_params_file(params_file), paradigm, variant,
+                         count=count, labels=labels, seed=seed, batch_size=batch_size, steps=steps, best_of=best_of,
+                         lookahead=lookahead, lam=lam, progress=progress)
+
+
+def generate_from(params: dict, paths: Paths, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
+                  labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
+                  best_of: int = 1, lookahead: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
+    """`generate` with the params already loaded and validated (the pipeline's refine stage calls this)."""
     if paradigm not in params["paradigms"]:
-        raise ValueError(f"{params_file}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
+        raise ValueError(f"params set {paths.set_name}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
     if variant not in stages.VARIANTS:
         raise ValueError(f"unknown variant {variant!r} (known: {', '.join(stages.VARIANTS)})")
     if (count is None) == (labels is None):

@@ -86,3 +86,20 @@ def plot_tradeoff(path: str | Path, title: str, rows: list[dict]) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(f"{title}: adaptive (lambda 0) to fidelity policy (lambda 1)", y=1.04)
     _save(figure, path)
+
+
+def plot_fid_vs_nfe(path: str | Path, title: str, points: list[dict]) -> None:
+    """FID against total compute per sample (generator NFE, every candidate counted): the schedules at their
+    NFE (mean +- std over the evaluation seeds) and the refined samplers (one seed, against the plain policy's
+    FID on that seed). `points`: {"label", "nfe", "fid", "spread" (or None), "refined": bool}."""
+    figure, axis = plt.subplots(figsize=(5.2, 3.6))
+    for point in points:
+        marker = "s" if point["refined"] else "o"
+        axis.errorbar(point["nfe"], point["fid"], yerr=point["spread"], fmt=marker, capsize=3, label=point["label"])
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("generator NFE per sample (all candidates)")
+    axis.set_ylabel("FID")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    figure.suptitle(title, y=1.02)
+    _save(figure, path)

@@ -36,7 +36,7 @@ from adagen.metrics import (
 )
 from adagen.policy.actions import ActionMap
 from adagen.policy.agent import AdaptivePolicy
-from adagen.plots import plot_schedules, plot_tradeoff, plot_training
+from adagen.plots import plot_fid_vs_nfe, plot_schedules, plot_tradeoff, plot_training
 from adagen.policy.network import build_policy, load_policy
 from adagen.pretrain import train_generator
 from adagen.reward.backbone import (
@@ -54,7 +54,7 @@ VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-rewar
 POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward", "fidelity")  # trained by the pipeline
 # The AdaGen release's policy of a setting (`generators.<setting>.released_policy`), fetched by `get-policy`.
 RELEASED = "released"
-SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
+SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "extra_calls", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
                    "n_samples", "seconds")
 
 
@@ -410,16 +410,30 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     policy = build_policy(adagen["policy"], **sizes, num_outputs=len(generator.action_specs))
     critic = build_policy(adagen["policy"], **sizes, num_outputs=1)
     smoothing = adagen["smoothing"][paradigm]
-    fingerprint = params_hash({"generator": sha256_of_file(paths.generator(paradigm)), "variant": variant,
-                               "backbone": sha256_of_file(paths.reward_backbone), **adagen,
-                               "start": start})
-    settings = PPOSettings(**dict(adagen["ppo"], std_decay_at=tuple(adagen["ppo"]["std_decay_at"])))
+    fingerprint_parts = {"generator": sha256_of_file(paths.generator(paradigm)), "variant": variant,
+                         "backbone": sha256_of_file(paths.reward_backbone), **adagen, "start": start}
+    ppo = adagen["ppo"]
     reward_fn = None  # the discriminator's
     if variant == "fixed-reward":
         reward_fn = classifier_confidence(backbone)
     if variant == "fidelity":
+        # The fidelity policy continues the adaptive one (policy, critic and discriminator) under the fidelity
+        # reward: a short fine-tune, and two nearby networks whose blend moves steadily from one to the other.
+        adaptive_file = require(paths.policy(paradigm, "adaptive"), _policy_made_by(paradigm, "adaptive"))
+        adaptive_saved = load_checkpoint(adaptive_file)
+        if adaptive_saved["sampling"] != start:
+            raise ValueError(f"{paradigm}: the adaptive policy acts around other settings than adagen.start_from's")
+        policy.load_state_dict(adaptive_saved["policy"]["state_dict"])
+        critic.load_state_dict(adaptive_saved["critic"]["state_dict"])
+        missing, unexpected = discriminator.load_state_dict(adaptive_saved["discriminator"], strict=False)
+        if unexpected or any(not key.startswith("backbone.") for key in missing):
+            raise ValueError(f"{adaptive_file}: its discriminator heads do not fit adagen.discriminator")
+        fingerprint_parts["adaptive"] = sha256_of_file(adaptive_file)
+        ppo = dict(ppo, **adagen["fidelity"].get("ppo", {}))
         score = class_log_probability(load_classifier(require(paths.fidelity_classifier, "train-fidelity-classifier")))
         reward_fn = with_fidelity(discriminator.reward, score, adagen["fidelity"]["weight"])
+    fingerprint = params_hash(fingerprint_parts)
+    settings = PPOSettings(**dict(ppo, std_decay_at=tuple(ppo["std_decay_at"])))
     with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
         # The fidelity policy keeps its last state: selecting it by FID would undo what its reward asks for.
         probe = None if variant == "fidelity" else _probe(params, paths, generator, dataset.train_images, scratch)
@@ -438,6 +452,8 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     })
     paths.policy_checkpoint(paradigm, variant).unlink(missing_ok=True)
     info = {**summary, "start_from": adagen["start_from"], "seconds": time.perf_counter() - started}
+    if variant == "fidelity":
+        info["fine_tunes"] = {"variant": "adaptive", "sha256": fingerprint_parts["adaptive"]}
     save_json(paths.policy_info(paradigm, variant), info)
     run.log_metrics({"selected_iteration": info["selected_iteration"] or 0})
     run.log_artifact(paths.policy_info(paradigm, variant))
@@ -522,8 +538,14 @@ def tradeoff(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     reference_images, _ = _reference(params, dataset)
     section, lambdas = params["sample"], params["adagen"]["fidelity"]["lambdas"]
     labels = class_balanced_labels(section["n_samples"], dataset.num_classes)
+    plain = load_json(require(paths.metrics(paradigm, "adaptive"), f"evaluate --paradigm {paradigm} --variant adaptive"))
     rows = []
     for lam in lambdas:
+        if lam == 0:  # the adaptive policy itself: its evaluation's first seed holds these very samples' metrics
+            scores = next(row for row in plain["per_seed"] if row["seed"] == section["seeds"][0])
+            rows.append({"lambda": lam, **{key: value for key, value in scores.items() if key != "seed"},
+                         "nfe": plain["nfe"]})
+            continue
         policy = load_sampling_policy(paths, paradigm, "adaptive", generator, lam=lam)
         result = sample_images(generator, labels, seed=section["seeds"][0], batch_size=section["batch_size"],
                                policy=policy, progress=False)
@@ -538,6 +560,40 @@ def tradeoff(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     plot_tradeoff(paths.tradeoff_plot(paradigm), paradigm, rows)
     run.log_metrics(trend)
     run.log_artifact(paths.tradeoff_plot(paradigm))
+    return payload
+
+
+def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
+    """Inference-time refinement (METHOD.md 5) on the evaluation's labels and first seed: the adaptive policy's
+    best of N candidates by its trained discriminator and, for the stochastic paradigms (MaskGIT, VAR), the
+    value-guided lookahead of K candidate next states per step. Each is evaluated like a variant and set beside
+    the plain policy's metrics on the same samples' seed (read from its evaluation: the same images), with its
+    compute per sample: generator NFE and forwards, discriminator and critic calls."""
+    from adagen.generate import generate_from  # it builds on this module's loaders
+
+    started = time.perf_counter()
+    section, refinement = params["sample"], params["adagen"]["refinement"]
+    dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    reference_images, _ = _reference(params, dataset)
+    plain = load_json(require(paths.metrics(paradigm, "adaptive"), f"evaluate --paradigm {paradigm} --variant adaptive"))
+    first_seed = next(row for row in plain["per_seed"] if row["seed"] == section["seeds"][0])
+    rows = [{"variant": "adaptive", **{key: value for key, value in first_seed.items() if key != "seed"},
+             "nfe": plain["nfe"], "forwards": plain["forwards"], "discriminator_calls": 0, "critic_calls": 0}]
+    options = [(f"adaptive+bestof{refinement['best_of']}", {"best_of": refinement["best_of"]})]
+    if refinement["lookahead"] > 1 and paradigm_of(paradigm).stochastic_steps:
+        options.append((f"adaptive+lookahead{refinement['lookahead']}", {"lookahead": refinement["lookahead"]}))
+    for name, option in options:
+        result = generate_from(params, paths, paradigm, "adaptive", count=section["n_samples"], seed=section["seeds"][0],
+                               batch_size=section["batch_size"], **option)
+        scores = evaluate_images(result.images.numpy(), reference_images, params["evaluator"], params["metrics"],
+                                 require(paths.evaluator, "train-evaluator"), require(paths.refstats_dir, "refstats"))
+        rows.append({"variant": name, **scores, "nfe": result.nfe, "forwards": result.forwards,
+                     "discriminator_calls": result.discriminator_calls, "critic_calls": result.critic_calls})
+        run.log_metrics({f"{name.replace('+', '_')}/{key}": scores[key] for key in ("fid", "precision", "recall")})
+    payload = {"paradigm": paradigm, "seed": section["seeds"][0], "n_samples": section["n_samples"], "rows": rows,
+               "seconds": time.perf_counter() - started}
+    save_json(paths.refinement(paradigm), payload)
+    run.log_artifact(paths.refinement(paradigm))
     return payload
 
 
@@ -676,11 +732,13 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     rows = []
     columns = SUMMARY_COLUMNS
     if "adagen" in params["metrics"].get("protocols", []):  # the AdaGen protocol's FID and IS beside the standard ones
-        columns = (*columns[:4], "fid_adagen", "fid_adagen_spread", *columns[4:5], "isc_adagen", *columns[5:])
+        at = columns.index("fid") + 1
+        columns = (*columns[:at], "fid_adagen", "fid_adagen_spread", *columns[at:at + 1], "isc_adagen", *columns[at + 1:])
     for paradigm in params["paradigms"]:
         for variant in params["variants"]:
             metrics = load_json(require(paths.metrics(paradigm, variant), f"evaluate --paradigm {paradigm}"))
-            rows.append({column: metrics.get(column, "") for column in columns})
+            rows.append({column: metrics.get(column, "") for column in columns} | {"extra_calls": 0})
+        rows += [{column: row.get(column, "") for column in columns} for row in _one_seed_rows(params, paths, paradigm)]
     buffer = text_io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -702,6 +760,7 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
                   "| paradigm | baseline | adaptive / baseline | spread | target | met |", "|---|---|---|---|---|---|"]
         lines += [f"| {g['paradigm']} | {g['baseline']} | {g['ratio']:.3f} | {g['ratio_spread']:.3f} | "
                   f"<= {g['target']} | {'yes' if g['met'] else 'no'} |" for g in gains]
+    lines += _refinement_lines(params, paths)
     lines += _tradeoff_lines(params, paths)
     sanity = refstats_info["sanity"]
     lines += ["", "Sanity figures of the feature network (FID against the val split): "
@@ -722,6 +781,46 @@ def report(params: dict, paths: Paths, run: StageRun) -> list[dict]:
     for paradigm in params["paradigms"]:
         run.log_artifact(paths.schedules_plot(paradigm))
     return rows
+
+
+def _one_seed_rows(params: dict, paths: Paths, paradigm: str) -> list[dict]:
+    """Summary rows of the refined samplers and of the lambda sweep (the first evaluation seed's samples only):
+    variants `adaptive+bestofN`, `adaptive+lookaheadK` and `adaptive+lambdaL`, with their compute per sample."""
+    rows = []
+    common = {"paradigm": paradigm, "seeds": 1, "n_samples": params["sample"]["n_samples"]}
+    if "refinement" in params["adagen"]:
+        refined = load_json(require(paths.refinement(paradigm), f"refine --paradigm {paradigm}"))["rows"][1:]
+        rows += [{**row, **common, "extra_calls": row["discriminator_calls"] + row["critic_calls"]} for row in refined]
+    if "fidelity" in params["adagen"]:
+        sweep = load_json(require(paths.tradeoff(paradigm), f"tradeoff --paradigm {paradigm}"))["rows"]
+        rows += [{**row, **common, "variant": f"adaptive+lambda{row['lambda']:g}", "extra_calls": 0} for row in sweep]
+    return rows
+
+
+def _refinement_lines(params: dict, paths: Paths) -> list[str]:
+    """Inference-time refinement per setting beside the plain policy on the same seed, and FID against compute."""
+    if "refinement" not in params["adagen"]:
+        return []
+    lines = ["", "## Inference-time refinement (first evaluation seed)", "",
+             "| setting | sampling | FID | plain adaptive FID | precision | recall | NFE | discriminator calls | "
+             "critic calls |", "|---|---|---|---|---|---|---|---|---|"]
+    figures = []
+    for paradigm in params["paradigms"]:
+        refined = load_json(require(paths.refinement(paradigm), f"refine --paradigm {paradigm}"))
+        plain = refined["rows"][0]
+        lines += [f"| {paradigm} | {row['variant']} | {row['fid']:.4g} | {plain['fid']:.4g} | {row['precision']:.3f} | "
+                  f"{row['recall']:.3f} | {row['nfe']} | {row['discriminator_calls']} | {row['critic_calls']} |"
+                  for row in refined["rows"]]
+        points = []
+        for variant in (v for v in ("static", "tuned-static", "adaptive") if v in params["variants"]):
+            metrics = load_json(paths.metrics(paradigm, variant))
+            points.append({"label": f"{variant} ({metrics['seeds']} seeds)", "nfe": metrics["nfe"],
+                           "fid": metrics["fid"], "spread": metrics["fid_spread"], "refined": False})
+        points += [{"label": f"{row['variant']} (seed {refined['seed']})", "nfe": row["nfe"], "fid": row["fid"],
+                    "spread": None, "refined": True} for row in refined["rows"]]
+        plot_fid_vs_nfe(paths.fid_nfe_plot(paradigm), f"{paradigm}: FID against compute", points)
+        figures.append(f"![{paradigm} FID vs NFE]({paths.fid_nfe_plot(paradigm).relative_to(paths.results_dir)})\n")
+    return lines + ["", *figures]
 
 
 def _tradeoff_lines(params: dict, paths: Paths) -> list[str]:
@@ -770,6 +869,8 @@ def stage_times(params: dict, paths: Paths) -> dict[str, float]:
             if variant == "adaptive" and "fidelity" in params["adagen"]:
                 times[f"train {paradigm} fidelity"] = load_json(paths.policy_info(paradigm, "fidelity"))["seconds"]
                 times[f"tradeoff {paradigm}"] = load_json(paths.tradeoff(paradigm))["seconds"]
+            if variant == "adaptive" and "refinement" in params["adagen"]:
+                times[f"refine {paradigm}"] = load_json(paths.refinement(paradigm))["seconds"]
             if variant == "tuned-static":
                 times[f"tune-static {paradigm}"] = load_json(paths.tuned_static(paradigm))["seconds"]
             metrics = load_json(paths.metrics(paradigm, variant))

@@ -46,9 +46,11 @@ def start_schedule_of(wildcards):
     return []
 
 
-def fidelity_classifier_of(wildcards):
-    """The fidelity policy's reward adds the score of its own frozen classifier."""
-    return [str(PATHS.fidelity_classifier)] if wildcards.variant == "fidelity" else []
+def fidelity_inputs_of(wildcards):
+    """The fidelity policy fine-tunes the adaptive one, its reward adding the score of its own frozen classifier."""
+    if wildcards.variant != "fidelity":
+        return []
+    return [str(PATHS.fidelity_classifier), str(PATHS.policy(wildcards.paradigm, "adaptive"))]
 
 
 # The train rule submits its own job (submitit: GPUs, one task each, requeue on preemption) and waits for it,
@@ -62,7 +64,7 @@ rule train:
         model=str(PATHS.generator("{paradigm}")),
         tokenizer=tokenizer_of,
         start=start_schedule_of,
-        fidelity=fidelity_classifier_of,
+        fidelity=fidelity_inputs_of,
         backbone=str(PATHS.reward_backbone),
         dataset=str(PATHS.dataset),
         evaluator=str(PATHS.evaluator),
@@ -125,6 +127,7 @@ rule tradeoff:
         tokenizer=tokenizer_of,
         adaptive=str(PATHS.policy("{paradigm}", "adaptive")),
         fidelity=str(PATHS.policy("{paradigm}", "fidelity")),
+        plain=str(PATHS.metrics("{paradigm}", "adaptive")),
         dataset=str(PATHS.dataset),
         evaluator=str(PATHS.evaluator),
         refstats=str(PATHS.refstats_dir),
@@ -141,3 +144,27 @@ rule tradeoff:
         f"{LOGS}/tradeoff-{{paradigm}}.log",
     shell:
         "adagen tradeoff --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"
+
+
+# Inference-time refinement (adagen.refinement): best-of-N and lookahead of the adaptive policy on the first seed.
+rule refine:
+    input:
+        model=str(PATHS.generator("{paradigm}")),
+        tokenizer=tokenizer_of,
+        adaptive=str(PATHS.policy("{paradigm}", "adaptive")),
+        plain=str(PATHS.metrics("{paradigm}", "adaptive")),
+        backbone=str(PATHS.reward_backbone),
+        dataset=str(PATHS.dataset),
+        evaluator=str(PATHS.evaluator),
+        refstats=str(PATHS.refstats_dir),
+    output:
+        metrics=str(PATHS.refinement("{paradigm}")),
+    params:
+        section=config["adagen"].get("refinement"),
+        sample=config["sample"],
+    resources:
+        **rule_resources("refine"),
+    log:
+        f"{LOGS}/refine-{{paradigm}}.log",
+    shell:
+        "adagen refine --params {PARAMS_FILE} --paradigm {wildcards.paradigm} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule report:
                           paradigm=[p for p in config["paradigms"] if p in TOKEN_PARADIGMS]),
         tradeoffs=expand(str(PATHS.tradeoff("{paradigm}")), paradigm=config["paradigms"])
         if "fidelity" in config["adagen"] else [],
+        refinements=expand(str(PATHS.refinement("{paradigm}")), paradigm=config["paradigms"])
+        if "refinement" in config["adagen"] else [],
         refstats=str(PATHS.refstats_dir),
         evaluator=str(PATHS.evaluator_info),
         dataset=str(PATHS.dataset_info),
@@ -29,6 +31,10 @@ rule report:
         training=[report(str(PATHS.training_plot(paradigm, variant)), caption="../report/training.rst",
                          category="Training", labels={"setting": paradigm, "variant": variant})
                   for paradigm in config["paradigms"] for variant in config["variants"] if variant in POLICY_VARIANTS],
+        compute=[report(path, caption="../report/fid_nfe.rst", category="Refinement", labels={"setting": paradigm})
+                 for paradigm, path in zip(config["paradigms"], expand(str(PATHS.fid_nfe_plot("{paradigm}")),
+                                                                       paradigm=config["paradigms"]))]
+        if "refinement" in config["adagen"] else [],
     resources:
         **rule_resources("report"),
     log:
