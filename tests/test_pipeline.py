@@ -86,8 +86,13 @@ def test_outputs_of_every_stage(finished_smoke_run):
         refined = json.loads((results / paradigm / "metrics" / "refinement.json").read_text())
         plain = json.loads((results / paradigm / "metrics" / "adaptive.json").read_text())["per_seed"][0]
         assert refined["rows"][0]["fid"] == plain["fid"] and refined["seed"] == plain["seed"] == 0
-        figure = results / paradigm / "fid-vs-nfe.png"
-        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"{paradigm}/fid-vs-nfe.png" in summary
+        for figure in (results / paradigm / "fid-vs-nfe.png", results / paradigm / "samples" / "refined.png"):
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"{paradigm}/" + \
+                str(figure.relative_to(results / paradigm)) in summary
+    # The refined grid: three rows per sampler (each class has four samples on the first seed), ten classes.
+    refined_grid = Image.open(results / "dit" / "samples" / "refined.png")
+    samplers = 2  # dit: plain and best-of-2
+    assert refined_grid.size == (10 * (16 + 2) * 4 + 2 * 4, (3 * samplers) * (16 + 2) * 4 + 2 * 4)
     for paradigm in PARADIGMS:
         assert f"| {paradigm} | static | 4 |" in summary and f"pretrain {paradigm}" in summary
         assert f"| {paradigm} | tuned-static |" in summary and f"train {paradigm} adaptive" in summary

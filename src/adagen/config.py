@@ -302,6 +302,10 @@ class Paths:
         """Inference-time refinement: metrics and compute of best-of-N and lookahead beside the plain policy."""
         return self.results_dir / paradigm / "metrics" / "refinement.json"
 
+    def refinement_grid(self, paradigm: str) -> Path:
+        """Samples of the plain and refined adaptive policy, three rows each, on the same labels and seeds."""
+        return self.results_dir / paradigm / "samples" / "refined.png"
+
     def fid_nfe_plot(self, paradigm: str) -> Path:
         return self.results_dir / paradigm / "fid-vs-nfe.png"
 

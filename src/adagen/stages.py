@@ -538,13 +538,11 @@ def tradeoff(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     reference_images, _ = _reference(params, dataset)
     section, lambdas = params["sample"], params["adagen"]["fidelity"]["lambdas"]
     labels = class_balanced_labels(section["n_samples"], dataset.num_classes)
-    plain = load_json(require(paths.metrics(paradigm, "adaptive"), f"evaluate --paradigm {paradigm} --variant adaptive"))
     rows = []
     for lam in lambdas:
         if lam == 0:  # the adaptive policy itself: its evaluation's first seed holds these very samples' metrics
-            scores = next(row for row in plain["per_seed"] if row["seed"] == section["seeds"][0])
-            rows.append({"lambda": lam, **{key: value for key, value in scores.items() if key != "seed"},
-                         "nfe": plain["nfe"]})
+            scores, compute = _plain_first_seed(params, paths, paradigm)
+            rows.append({"lambda": lam, **scores, "nfe": compute["nfe"]})
             continue
         policy = load_sampling_policy(paths, paradigm, "adaptive", generator, lam=lam)
         result = sample_images(generator, labels, seed=section["seeds"][0], batch_size=section["batch_size"],
@@ -563,6 +561,14 @@ def tradeoff(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     return payload
 
 
+def _plain_first_seed(params: dict, paths: Paths, paradigm: str) -> tuple[dict, dict]:
+    """The adaptive policy's metrics on the first evaluation seed (its evaluation has them: the very samples that
+    the refined and blended samplers are set beside) and its compute per sample."""
+    plain = load_json(require(paths.metrics(paradigm, "adaptive"), f"evaluate --paradigm {paradigm} --variant adaptive"))
+    first = next(row for row in plain["per_seed"] if row["seed"] == params["sample"]["seeds"][0])
+    return {key: value for key, value in first.items() if key != "seed"}, {key: plain[key] for key in ("nfe", "forwards")}
+
+
 def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     """Inference-time refinement (METHOD.md 5) on the evaluation's labels and first seed: the adaptive policy's
     best of N candidates by its trained discriminator and, for the stochastic paradigms (MaskGIT, VAR), the
@@ -575,10 +581,12 @@ def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     section, refinement = params["sample"], params["adagen"]["refinement"]
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     reference_images, _ = _reference(params, dataset)
-    plain = load_json(require(paths.metrics(paradigm, "adaptive"), f"evaluate --paradigm {paradigm} --variant adaptive"))
-    first_seed = next(row for row in plain["per_seed"] if row["seed"] == section["seeds"][0])
-    rows = [{"variant": "adaptive", **{key: value for key, value in first_seed.items() if key != "seed"},
-             "nfe": plain["nfe"], "forwards": plain["forwards"], "discriminator_calls": 0, "critic_calls": 0}]
+    scores, compute = _plain_first_seed(params, paths, paradigm)
+    rows = [{"variant": "adaptive", **scores, **compute, "discriminator_calls": 0, "critic_calls": 0}]
+    # The grid: the first three samples of every class from each sampler, the plain ones from the stage's samples.
+    plain_samples = load_npz(require(paths.samples(paradigm, "adaptive"), f"sample --paradigm {paradigm} --variant adaptive"))
+    shown = [_first_per_class(plain_samples["images"][plain_samples["seeds"] == section["seeds"][0]],
+                              plain_samples["labels"][plain_samples["seeds"] == section["seeds"][0]])]
     options = [(f"adaptive+bestof{refinement['best_of']}", {"best_of": refinement["best_of"]})]
     if refinement["lookahead"] > 1 and paradigm_of(paradigm).stochastic_steps:
         options.append((f"adaptive+lookahead{refinement['lookahead']}", {"lookahead": refinement["lookahead"]}))
@@ -589,12 +597,23 @@ def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
                                  require(paths.evaluator, "train-evaluator"), require(paths.refstats_dir, "refstats"))
         rows.append({"variant": name, **scores, "nfe": result.nfe, "forwards": result.forwards,
                      "discriminator_calls": result.discriminator_calls, "critic_calls": result.critic_calls})
+        shown.append(_first_per_class(result.images.numpy(), result.labels.numpy()))
         run.log_metrics({f"{name.replace('+', '_')}/{key}": scores[key] for key in ("fid", "precision", "recall")})
     payload = {"paradigm": paradigm, "seed": section["seeds"][0], "n_samples": section["n_samples"], "rows": rows,
                "seconds": time.perf_counter() - started}
+    save_grid(paths.refinement_grid(paradigm), np.concatenate([images for images, _ in shown]),
+              np.concatenate([labels for _, labels in shown]), per_class=3 * len(shown))
     save_json(paths.refinement(paradigm), payload)
     run.log_artifact(paths.refinement(paradigm))
+    run.log_artifact(paths.refinement_grid(paradigm))
     return payload
+
+
+def _first_per_class(images: np.ndarray, labels: np.ndarray, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of every class, in their order (a grid's rows for one sampler)."""
+    keep = np.concatenate([np.flatnonzero(labels == label)[:count] for label in np.unique(labels)])
+    keep.sort()
+    return images[keep], labels[keep]
 
 
 def sampling_settings(params: dict, paths: Paths, paradigm: str, variant: str) -> dict:
@@ -820,6 +839,9 @@ def _refinement_lines(params: dict, paths: Paths) -> list[str]:
                     "spread": None, "refined": True} for row in refined["rows"]]
         plot_fid_vs_nfe(paths.fid_nfe_plot(paradigm), f"{paradigm}: FID against compute", points)
         figures.append(f"![{paradigm} FID vs NFE]({paths.fid_nfe_plot(paradigm).relative_to(paths.results_dir)})\n")
+        samplers = ", ".join(row["variant"] for row in refined["rows"])
+        figures.append(f"**{paradigm}**, three rows each: {samplers}\n\n"
+                       f"![{paradigm} refined samples]({paths.refinement_grid(paradigm).relative_to(paths.results_dir)})\n")
     return lines + ["", *figures]
 
 

@@ -153,12 +153,15 @@ rule refine:
         tokenizer=tokenizer_of,
         adaptive=str(PATHS.policy("{paradigm}", "adaptive")),
         plain=str(PATHS.metrics("{paradigm}", "adaptive")),
+        plain_samples=str(PATHS.samples("{paradigm}", "adaptive")),
         backbone=str(PATHS.reward_backbone),
         dataset=str(PATHS.dataset),
         evaluator=str(PATHS.evaluator),
         refstats=str(PATHS.refstats_dir),
     output:
         metrics=str(PATHS.refinement("{paradigm}")),
+        grid=report(str(PATHS.refinement_grid("{paradigm}")), caption="../report/refined.rst", category="Samples",
+                    labels={"setting": "{paradigm}", "variant": "adaptive, refined"}),
     params:
         section=config["adagen"].get("refinement"),
         sample=config["sample"],
