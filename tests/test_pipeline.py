@@ -516,3 +516,17 @@ def test_lookahead_with_the_trained_critic_counts_its_compute(finished_smoke_run
     assert guided.critic_calls == 3 * branching
     assert guided.nfe == plain.nfe + 2 * branching  # one guided evaluation per step and branch
     assert guided.images.shape == plain.images.shape
+
+
+def test_refinement_benchmark_over_every_seed(finished_smoke_run):
+    """benchmarks/refinement.py on a finished run: a row per sampler and seed, candidate 0 the plain sample, and
+    the paired FID differences over the seeds; its first seed's rows are the refine stage's."""
+    project, _ = finished_smoke_run
+    output = run([sys.executable, "benchmarks/refinement.py", "--params", "params/smoke.yaml", "--paradigm", "var",
+                  "--best-of", "2", "--lookahead", "2", "--all-seeds"], project).stdout
+    rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| var | adaptive")]
+    assert [(row[1], row[2]) for row in rows[:6]] == [(name, seed) for seed in ("0", "1000") for name in
+                                                      ("adaptive", "adaptive + best of 2", "adaptive + lookahead 2")]
+    stage = json.loads((project / "results" / "smoke" / "var" / "metrics" / "refinement.json").read_text())["rows"]
+    assert [float(row[3]) for row in rows[:3]] == [pytest.approx(entry["fid"], abs=5e-4) for entry in stage]
+    assert "refined - plain, mean +- std over seeds" in output and len(rows) == 8

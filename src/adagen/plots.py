@@ -93,9 +93,13 @@ def plot_fid_vs_nfe(path: str | Path, title: str, points: list[dict]) -> None:
     NFE (mean +- std over the evaluation seeds) and the refined samplers (one seed, against the plain policy's
     FID on that seed). `points`: {"label", "nfe", "fid", "spread" (or None), "refined": bool}."""
     figure, axis = plt.subplots(figsize=(5.2, 3.6))
-    for point in points:
+    for index, point in enumerate(points):
         marker = "s" if point["refined"] else "o"
-        axis.errorbar(point["nfe"], point["fid"], yerr=point["spread"], fmt=marker, capsize=3, label=point["label"])
+        # Points at one NFE side by side (a few percent apart on the log axis), so that none hides another.
+        same = [other for other in points if other["nfe"] == point["nfe"]]
+        shift = 2 ** (0.04 * (same.index(point) - (len(same) - 1) / 2))
+        axis.errorbar(point["nfe"] * shift, point["fid"], yerr=point["spread"], fmt=marker, capsize=3,
+                      label=point["label"])
     axis.set_xscale("log", base=2)
     axis.set_xlabel("generator NFE per sample (all candidates)")
     axis.set_ylabel("FID")
