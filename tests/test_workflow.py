@@ -106,3 +106,18 @@ def test_environment_yml_pins_match_constraints():
         if "==" in entry:
             name, version = entry.split("==")
             assert pins[name.lower().replace("_", "-")] == version, entry
+
+
+def test_a_policy_retrains_only_when_what_its_training_reads_changes():
+    """Snakemake's train params and dvc.yaml's train stages name the same `adagen` keys: the fidelity section only
+    for the fidelity policy, never the refine stage's nor the tuning grid."""
+    from adagen.config import load_params
+    from adagen.stages import training_section
+
+    adagen = load_params(REPO / "params" / "default.yaml")["adagen"]
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, variant in (("train", "adaptive"), ("train-fidelity", "fidelity"), ("train-ablation", "learned-static")):
+        named = next(entry for entry in stages[stage].get("do", stages[stage])["params"] if isinstance(entry, dict))
+        keys = {key.removeprefix("adagen.") for key in next(iter(named.values())) if key.startswith("adagen.")}
+        assert keys == set(training_section(adagen, variant)), stage
+    assert "fidelity" not in training_section(adagen, "adaptive") and "refinement" not in training_section(adagen, "fidelity")

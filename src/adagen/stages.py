@@ -388,6 +388,14 @@ def _probe(params: dict, paths: Paths, generator, train_images: np.ndarray, scra
     return probe
 
 
+def training_section(adagen: dict, variant: str) -> dict:
+    """What a policy variant's training reads of `adagen` (the train rule's params, the resume fingerprint): the
+    fidelity section only for the fidelity policy, never the refine stage's nor the tuning grid (its result, the
+    tuned-static file, is an input of its own), so that changing those leaves the other policies trained."""
+    return {key: value for key, value in adagen.items()
+            if key not in ("refinement", "tuning") and (key != "fidelity" or variant == "fidelity")}
+
+
 def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, variant: str) -> dict:
     """AdaGen: policy, critic and discriminator trained jointly on the frozen generator (rl/train.py).
 
@@ -411,7 +419,8 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     critic = build_policy(adagen["policy"], **sizes, num_outputs=1)
     smoothing = adagen["smoothing"][paradigm]
     fingerprint_parts = {"generator": sha256_of_file(paths.generator(paradigm)), "variant": variant,
-                         "backbone": sha256_of_file(paths.reward_backbone), **adagen, "start": start}
+                         "backbone": sha256_of_file(paths.reward_backbone),
+                         **training_section(adagen, variant), "start": start}
     ppo = adagen["ppo"]
     reward_fn = None  # the discriminator's
     if variant == "fixed-reward":

@@ -74,7 +74,7 @@ rule train:
     wildcard_constraints:
         variant="|".join(POLICY_VARIANTS),
     params:
-        adagen=config["adagen"],
+        adagen=lambda wildcards: training_section(config["adagen"], wildcards.variant),
     threads: training_threads()
     log:
         f"{LOGS}/train-{{paradigm}}-{{variant}}.log",

@@ -7,7 +7,7 @@ from snakemake.utils import min_version, validate
 
 from adagen.config import Paths, validate_params
 from adagen.generators import paradigm_of
-from adagen.stages import POLICY_VARIANTS, RELEASED, VARIANTS
+from adagen.stages import POLICY_VARIANTS, RELEASED, VARIANTS, training_section
 
 min_version("9.0")
 
