@@ -164,7 +164,7 @@ def tradeoff(params_path: Path, paradigm: str, dry_run: bool) -> None:
 @dry_run_option
 def refine(params_path: Path, paradigm: str, dry_run: bool) -> None:
     """Inference-time refinement: best-of-N and value-guided lookahead beside the plain adaptive policy."""
-    _run_stage("refine", params_path, dry_run, lambda p: [p.refinement(paradigm)],
+    _run_stage("refine", params_path, dry_run, lambda p: [p.refinement(paradigm), p.refinement_grid(paradigm)],
                lambda params, paths, run: stages.refine(params, paths, run, paradigm), paradigm=paradigm)
 
 
