@@ -530,3 +530,14 @@ def test_refinement_benchmark_over_every_seed(finished_smoke_run):
     stage = json.loads((project / "results" / "smoke" / "var" / "metrics" / "refinement.json").read_text())["rows"]
     assert [float(row[3]) for row in rows[:3]] == [pytest.approx(entry["fid"], abs=5e-4) for entry in stage]
     assert "refined - plain, mean +- std over seeds" in output and len(rows) == 8
+
+
+def test_tradeoff_benchmark_over_every_seed(finished_smoke_run):
+    """benchmarks/tradeoff.py on a finished run: each lambda on all evaluation seeds together, and the trend."""
+    project, _ = finished_smoke_run
+    output = run([sys.executable, "benchmarks/tradeoff.py", "--params", "params/smoke.yaml", "--paradigm", "dit"],
+                 project).stdout
+    rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| dit |")]
+    assert [row[1] for row in rows] == ["0", "1"]
+    assert all(0 <= float(row[3]) <= 1 and 0 <= float(row[4]) <= 1 for row in rows)
+    assert "dit: Spearman with lambda, precision" in output and "(2 seeds x 40 samples per lambda)" in output
