@@ -93,7 +93,7 @@ def plot_fid_vs_nfe(path: str | Path, title: str, points: list[dict]) -> None:
     NFE (mean +- std over the evaluation seeds) and the refined samplers (one seed, against the plain policy's
     FID on that seed). `points`: {"label", "nfe", "fid", "spread" (or None), "refined": bool}."""
     figure, axis = plt.subplots(figsize=(5.2, 3.6))
-    for index, point in enumerate(points):
+    for point in points:
         marker = "s" if point["refined"] else "o"
         # Points at one NFE side by side (a few percent apart on the log axis), so that none hides another.
         same = [other for other in points if other["nfe"] == point["nfe"]]

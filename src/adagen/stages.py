@@ -54,8 +54,8 @@ VARIANTS = ("static", "tuned-static", "adaptive", "learned-static", "fixed-rewar
 POLICY_VARIANTS = ("adaptive", "learned-static", "fixed-reward", "fidelity")  # trained by the pipeline
 # The AdaGen release's policy of a setting (`generators.<setting>.released_policy`), fetched by `get-policy`.
 RELEASED = "released"
-SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "extra_calls", "fid", "fid_spread", "isc", "kid", "precision", "recall", "seeds",
-                   "n_samples", "seconds")
+SUMMARY_COLUMNS = ("paradigm", "variant", "nfe", "extra_calls", "fid", "fid_spread", "isc", "kid", "precision",
+                   "recall", "seeds", "n_samples", "seconds")
 
 
 class MissingInput(FileNotFoundError):
@@ -594,8 +594,8 @@ def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     rows = [{"variant": "adaptive", **scores, **compute, "discriminator_calls": 0, "critic_calls": 0}]
     # The grid: the first three samples of every class from each sampler, the plain ones from the stage's samples.
     plain_samples = load_npz(require(paths.samples(paradigm, "adaptive"), f"sample --paradigm {paradigm} --variant adaptive"))
-    shown = [_first_per_class(plain_samples["images"][plain_samples["seeds"] == section["seeds"][0]],
-                              plain_samples["labels"][plain_samples["seeds"] == section["seeds"][0]])]
+    first_seed = plain_samples["seeds"] == section["seeds"][0]
+    shown = [_first_per_class(plain_samples["images"][first_seed], plain_samples["labels"][first_seed])]
     options = [(f"adaptive+bestof{refinement['best_of']}", {"best_of": refinement["best_of"]})]
     if refinement["lookahead"] > 1 and paradigm_of(paradigm).stochastic_steps:
         options.append((f"adaptive+lookahead{refinement['lookahead']}", {"lookahead": refinement["lookahead"]}))
