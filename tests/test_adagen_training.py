@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,12 +16,13 @@ from adagen.reward.discriminator import DiscriminatorConfig, ProjectedDiscrimina
 from adagen.generators.base import SampleRNG
 from adagen.reward.backbone import classifier_confidence
 from adagen.rl.rollout import rollout
-from adagen.rl.train import PPOSettings, train_adagen
+from adagen.policy.agent import AdaptivePolicy
+from adagen.rl.train import PPOSettings, train_adagen, warm_up_discriminator
 from test_generators import NUM_CLASSES, make_generator
 
 SETTINGS = PPOSettings(iterations=4, trajectories=6, rollout_batch=3, ppo_epochs=2, lr=1e-3, clip=0.2,
                        value_coef=0.5, std_initial=0.6, std_decay=0.3, std_decay_at=(2,), std_floor=0.1, d_steps=1,
-                       d_batch=4, d_lr=1e-3, seed=0, checkpoint_every=2)
+                       d_batch=4, d_lr=1e-3, seed=0, checkpoint_every=2, d_warmup_steps=2, d_warmup_fakes=4)
 POLICY = {"hidden_size": 16, "conv_channels": 4, "mlp_sizes": [16, 8]}
 
 
@@ -57,6 +60,41 @@ def test_discriminator_logits_loss_and_reward_shapes():
     assert losses["loss"].item() == pytest.approx(losses["loss_real"].item() + losses["loss_fake"].item())
     losses["loss"].backward()
     assert all(p.grad is None for p in discriminator.backbone.parameters())  # the backbone stays frozen
+
+
+def test_candidates_are_scored_against_each_other_only():
+    discriminator = tiny_discriminator().eval()  # virtual batches of 2
+    images, label = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor(2)
+    two = discriminator.candidate_rewards(images[:2], label)
+    torch.testing.assert_close(two, discriminator.reward(images[:2], torch.tensor([2, 2])))  # one virtual batch
+    three = discriminator.candidate_rewards(images, label)
+    assert three.shape == (3,) and not torch.allclose(three[:2], two)  # normalised over all three rivals
+    torch.testing.assert_close(discriminator.candidate_rewards(images[[2, 0, 1]], label), three[[2, 0, 1]])
+    assert discriminator.heads[0].main[0][1].group == 2  # the training virtual batch is restored
+    # One image alone is normalised by its own token statistics: what is left barely tells images apart.
+    alone = torch.stack([discriminator.reward(image[None], label[None]) for image in images]).squeeze(1)
+    assert alone.std() < three.std()
+
+
+def test_the_warm_up_teaches_the_discriminator_to_tell_the_starting_policys_samples(tmp_path):
+    generator, action_map, policy, critic, discriminator, reals, labels = setup("maskgit")
+    settings = dataclasses.replace(SETTINGS, d_warmup_steps=100, d_warmup_fakes=12)
+    fakes = rollout(generator, torch.arange(8) % NUM_CLASSES, SampleRNG(range(10**6, 10**6 + 8)),
+                    AdaptivePolicy(policy, action_map)).images  # samples the pool does not hold
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            real = torch.from_numpy(reals[:8]).float() / 255.0
+            return discriminator_loss(discriminator(real, torch.from_numpy(labels[:8])),
+                                      discriminator(fakes, torch.arange(8) % NUM_CLASSES))["loss"].item()
+
+    before = held_out_loss()
+    optimizer = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=1e-2)
+    warm_up_discriminator(generator, AdaptivePolicy(policy, action_map, std=0.6, noise=torch.Generator()),
+                          discriminator, optimizer, torch.from_numpy(reals).float() / 255.0,
+                          torch.from_numpy(labels), settings)
+    after = held_out_loss()
+    assert after < before - 0.1, (before, after)
 
 
 @pytest.mark.parametrize("paradigm", ["maskgit", "var", "dit", "sit"])

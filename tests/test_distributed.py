@@ -12,8 +12,9 @@ from adagen.rl.train import train_adagen
 from test_adagen_training import SETTINGS, setup, state_of
 
 # Global batches that split evenly over 2 ranks: 8 trajectories in rollouts of 4, 4 discriminator samples
-# (2 per rank: one virtual batch of the tiny discriminator each).
-DISTRIBUTED = dataclasses.replace(SETTINGS, iterations=3, trajectories=8, rollout_batch=4, d_batch=4)
+# (2 per rank: one virtual batch of the tiny discriminator each), a warm-up pool of 8 gathered from both.
+DISTRIBUTED = dataclasses.replace(SETTINGS, iterations=3, trajectories=8, rollout_batch=4, d_batch=4,
+                                  d_warmup_fakes=8)
 
 
 def train(tmp_path, name: str) -> list[torch.Tensor]:

@@ -346,12 +346,14 @@ def test_best_of_n_keeps_the_discriminators_favourite_and_counts_its_compute(fin
     assert torch_equal(candidates[0].images, plain.images)  # candidate 0 is the plain sample
     discriminator = load_discriminator(load_params("params/smoke.yaml"), Paths.for_params_file("params/smoke.yaml"),
                                        paradigm, "adaptive")
-    for i in range(5):
-        scores = [discriminator.reward(c.images[i : i + 1].float() / 255.0, c.labels[i : i + 1]).item()
-                  for c in candidates]
+    for i in range(5):  # a sample's candidates are scored together, whatever the other samples
+        scores = discriminator.candidate_rewards(torch.stack([c.images[i] for c in candidates]).float() / 255.0,
+                                                 candidates[0].labels[i]).numpy()
         winner = int(np.argmax(scores))
         assert torch_equal(best.images[i], candidates[winner].images[i])
         assert np.allclose(best.rewards[:, i].numpy(), scores, atol=1e-5)
+    alone = generate("params/smoke.yaml", paradigm, "adaptive", labels=best.labels[2:3].tolist(), seed=5, best_of=3)
+    assert torch_equal(alone.images[0], best.images[2])  # nor on the batch it is in
 
 
 def torch_equal(a, b) -> bool:

@@ -142,12 +142,11 @@ def generate_from(params: dict, paths: Paths, paradigm: str, variant: str = "ada
     if best_of > 1:
         discriminator = load_discriminator(params, paths, paradigm,
                                            variant if variant in stages.POLICY_VARIANTS else "adaptive")
-        # One image per call: the discriminator normalises over virtual batches, so a batched score would
-        # depend on the image's batch companions, and the choice on the batch size.
+        # A sample's candidates are scored together (see candidate_rewards): the choice does not depend on the
+        # other samples or the batch size.
         targets = torch.from_numpy(label_array)
-        rewards = torch.tensor([[discriminator.reward(torch.from_numpy(candidate[i : i + 1]).float() / 255.0,
-                                                      targets[i : i + 1]).item()
-                                 for i in range(len(label_array))] for candidate in images])
+        rewards = torch.stack([discriminator.candidate_rewards(torch.from_numpy(images[:, i]).float() / 255.0,
+                                                               targets[i]) for i in range(len(label_array))], dim=1)
         chosen = rewards.argmax(dim=0).numpy()
     pick = np.arange(len(label_array))
     return Generated(images=torch.from_numpy(images[chosen, pick]), labels=torch.from_numpy(label_array),

@@ -438,7 +438,7 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
         if unexpected or any(not key.startswith("backbone.") for key in missing):
             raise ValueError(f"{adaptive_file}: its discriminator heads do not fit adagen.discriminator")
         fingerprint_parts["adaptive"] = sha256_of_file(adaptive_file)
-        ppo = dict(ppo, **adagen["fidelity"].get("ppo", {}))
+        ppo = dict(ppo, **adagen["fidelity"].get("ppo", {}), d_warmup_steps=0)  # its discriminator comes trained
         score = class_log_probability(load_classifier(require(paths.fidelity_classifier, "train-fidelity-classifier")))
         reward_fn = with_fidelity(discriminator.reward, score, adagen["fidelity"]["weight"])
     fingerprint = params_hash(fingerprint_parts)

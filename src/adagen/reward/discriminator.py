@@ -145,6 +145,22 @@ class ProjectedDiscriminator(nn.Module):
         self.train(was_training)
         return reward
 
+    @torch.no_grad()
+    def candidate_rewards(self, candidates_NCHW: Tensor, label: Tensor) -> Tensor:
+        """Rewards (N,) of N candidates for one sample (label: a 0-d or 1-element tensor), the N normalised as one
+        virtual batch. Scored one image at a time, the normalisation would subtract each image's own token
+        statistics and leave the candidates almost indistinguishable; scored within a batch of other samples, a
+        candidate's reward would depend on its batch companions. Here it depends on its rivals only."""
+        norms = [module for module in self.modules() if isinstance(module, BatchNormLocal)]
+        groups = [module.group for module in norms]
+        try:
+            for module in norms:
+                module.group = len(candidates_NCHW)
+            return self.reward(candidates_NCHW, label.reshape(1).expand(len(candidates_NCHW)))
+        finally:
+            for module, group in zip(norms, groups):
+                module.group = group
+
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
     """Non-saturating logistic loss over every token logit: softplus(-D(real)) + softplus(D(fake))."""

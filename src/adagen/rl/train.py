@@ -67,6 +67,8 @@ class PPOSettings:
     d_lr: float
     seed: int
     checkpoint_every: int
+    d_warmup_steps: int = 0  # discriminator steps before the first iteration (0: none, as AdaNAT)
+    d_warmup_fakes: int = 0  # the starting policy's samples those steps draw their fakes from
 
 
 @dataclass
@@ -123,6 +125,45 @@ def _check_finite(name: str, value: Tensor, iteration: int, checkpoint: Path) ->
                                f"last good checkpoint kept at {checkpoint}")
 
 
+def warm_up_discriminator(generator: StepwiseGenerator, agent: AdaptivePolicy, discriminator: ProjectedDiscriminator,
+                          d_optimizer: torch.optim.Optimizer, reals: Tensor, real_targets: Tensor,
+                          s: PPOSettings) -> None:
+    """Train the fresh discriminator against a pool of the starting policy's samples before PPO begins.
+
+    At the embedded size a few discriminator steps per iteration leave it near chance (loss 2 ln 2) for the
+    whole run, and a reward at chance is noise for PPO, for best-of-N and for the critic. The pool is sampled
+    once (each rank its slice of each batch, then gathered: every rank holds the same pool) and minibatches are
+    drawn from it.
+    Its streams are its own (seeded seed + 2, seeds after the last iteration's), so `d_warmup_steps: 0` is the
+    training without warm-up exactly.
+    """
+    stream = torch.Generator().manual_seed(s.seed + 2)
+    num_classes = discriminator.config.num_classes
+    pool_labels = _labels(s.d_warmup_fakes, num_classes, stream)
+    first = s.seed * 1_000_003 + s.iterations * 2 * (s.trajectories + s.d_steps * s.d_batch)
+    parts = []
+    for start in range(0, s.d_warmup_fakes, s.rollout_batch):  # global batches, this rank its slice (as collect)
+        rows_here = _shard(min(s.rollout_batch, s.d_warmup_fakes - start))
+        first_here = start + rows_here.start
+        labels = pool_labels[first_here : start + rows_here.stop]
+        images = rollout(generator, labels, SampleRNG(range(first + first_here, first + first_here + len(labels))),
+                         agent).images
+        parts.append(distributed.gather(images))
+    pool = torch.cat(parts)
+    discriminator.train()
+    d_params = [p for p in discriminator.parameters() if p.requires_grad]
+    rows_here = _shard(s.d_batch)
+    for _ in tqdm(range(s.d_warmup_steps), desc="discriminator warm-up", mininterval=2.0):
+        fake_index = torch.randint(0, len(pool), (s.d_batch,), generator=stream)[rows_here]
+        real_index = torch.randint(0, len(reals), (s.d_batch,), generator=stream)[rows_here]
+        losses = discriminator_loss(discriminator(reals[real_index], real_targets[real_index]),
+                                    discriminator(pool[fake_index], pool_labels[fake_index]))
+        d_optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        distributed.average_gradients(d_params)
+        d_optimizer.step()
+
+
 def train_adagen(
     generator: StepwiseGenerator,
     action_map: ActionMap,
@@ -149,9 +190,14 @@ def train_adagen(
     """
     s = settings
     rank, world = distributed.rank_and_size()
-    if world > 1 and (s.trajectories % s.rollout_batch or s.rollout_batch % world or s.d_batch % world):
+    if world > 1 and (s.trajectories % s.rollout_batch or s.rollout_batch % world or s.d_batch % world
+                      or s.d_warmup_fakes % world):
         raise ValueError(f"on {world} processes the rollout batch ({s.rollout_batch}) must divide the trajectories "
-                         f"({s.trajectories}), and {world} must divide it and the discriminator batch ({s.d_batch})")
+                         f"({s.trajectories}), and {world} must divide it, the discriminator batch ({s.d_batch}) "
+                         f"and the warm-up fakes ({s.d_warmup_fakes})")
+    if s.d_warmup_steps and s.d_warmup_fakes < s.d_batch:
+        raise ValueError(f"d_warmup_fakes ({s.d_warmup_fakes}) must hold at least one discriminator batch "
+                         f"({s.d_batch})")
     distributed.broadcast_parameters([policy, critic, discriminator])
     num_classes = discriminator.config.num_classes
     reals = torch.from_numpy(real_images).float() / 255.0
@@ -190,6 +236,13 @@ def train_adagen(
 
     if start == 0:
         probe_policy(0)
+        if s.d_warmup_steps:
+            std = exploration_std(0, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
+                                  floor=s.std_floor)
+            warm_up_discriminator(generator, AdaptivePolicy(policy.eval(), action_map, std=std,
+                                                            noise=torch.Generator().manual_seed(s.seed + 2),
+                                                            zero_state=zero_state, shard=(rank, world)),
+                                  discriminator, d_optimizer, reals, real_targets, s)
     for iteration in tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc="adagen"):
         std = exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
                               floor=s.std_floor)
