@@ -4,7 +4,8 @@ One iteration: collect `trajectories` rollouts with the exploring policy and sco
 current discriminator (reward = sigmoid of its mean logit); normalise the rewards over the batch (every step of
 a trajectory has its terminal reward as return, gamma = 1); advantages against the critic's values before the
 update; `ppo_epochs` full-batch steps of clipped surrogate + value loss on policy and critic; then `d_steps`
-discriminator steps on fresh fakes of the updated exploring policy against real train images.
+discriminator steps on fresh fakes of the updated exploring policy against real train images. Before the first
+iteration, `d_warmup_steps` discriminator steps on a pool of the starting policy's samples (`warm_up_discriminator`).
 
 Every random draw comes from streams held in the checkpoint, so a killed run resumes and ends exactly where an
 uninterrupted one does. A non-finite reward or loss stops with TrainingDiverged and keeps the last checkpoint.
