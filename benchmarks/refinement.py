@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--params", required=True)
     parser.add_argument("--paradigm", action="append", help="setting(s) to measure (default: all of the set)")
     parser.add_argument("--best-of", type=int, default=4)
+    parser.add_argument("--selection", choices=["resample", "max"], default="resample",
+                        help="best-of-N: resample by the discriminator's density ratio, or keep its favourite")
     parser.add_argument("--lookahead", type=int, default=4, help="candidates per step (MaskGIT, VAR); 1: skip")
     parser.add_argument("--all-seeds", action="store_true", help="every evaluation seed, not only the first")
     args = parser.parse_args()
@@ -42,7 +44,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     differences = {}
     for paradigm in args.paradigm or params["paradigms"]:
-        refinements = [("adaptive", {}), (f"adaptive + best of {args.best_of}", {"best_of": args.best_of})]
+        refinements = [("adaptive", {}), (f"adaptive + best of {args.best_of} ({args.selection})",
+                                          {"best_of": args.best_of, "selection": args.selection})]
         if args.lookahead > 1 and paradigm_of(paradigm).stochastic_steps:
             refinements.append((f"adaptive + lookahead {args.lookahead}", {"lookahead": args.lookahead}))
         for seed in seeds:

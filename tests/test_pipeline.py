@@ -330,15 +330,16 @@ def test_generate_is_batch_size_invariant_and_matches_the_stage(finished_smoke_r
 
 
 @pytest.mark.parametrize("paradigm", ["maskgit", "sit"])
-def test_best_of_n_keeps_the_discriminators_favourite_and_counts_its_compute(finished_smoke_run, monkeypatch,
-                                                                             paradigm):
-    from adagen.generate import CANDIDATE_SEED_STRIDE, generate, load_discriminator
+def test_best_of_n_keeps_the_discriminators_choice_and_counts_its_compute(finished_smoke_run, monkeypatch, paradigm):
+    import torch
+    from adagen.generate import CANDIDATE_SEED_STRIDE, generate, load_discriminator, select_candidates
     from adagen.config import Paths, load_params
 
     project, _ = finished_smoke_run
     monkeypatch.chdir(project)
     plain = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3)
-    best = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3, best_of=3)
+    best = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3, best_of=3, selection="max")
+    resampled = generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3, best_of=3)
     assert plain.candidates == 1 and plain.discriminator_calls == 0 and plain.rewards is None
     assert best.nfe == 3 * plain.nfe and best.forwards == 3 * plain.forwards and best.discriminator_calls == 3
     candidates = [generate("params/smoke.yaml", paradigm, "adaptive", count=5, seed=3 + j * CANDIDATE_SEED_STRIDE)
@@ -353,7 +354,21 @@ def test_best_of_n_keeps_the_discriminators_favourite_and_counts_its_compute(fin
         assert torch_equal(best.images[i], candidates[winner].images[i])
         assert np.allclose(best.rewards[:, i].numpy(), scores, atol=1e-5)
     alone = generate("params/smoke.yaml", paradigm, "adaptive", labels=best.labels[2:3].tolist(), seed=5, best_of=3)
-    assert torch_equal(alone.images[0], best.images[2])  # nor on the batch it is in
+    assert torch_equal(alone.images[0], resampled.images[2])  # nor on the batch it is in
+    assert torch.equal(resampled.rewards, best.rewards)
+    for i, kept in enumerate(select_candidates(resampled.rewards, "resample", 3)):
+        assert torch_equal(resampled.images[i], candidates[kept].images[i])
+
+
+def test_resampling_draws_candidates_in_proportion_to_the_density_ratio():
+    import torch
+    from adagen.generate import select_candidates
+
+    rewards = torch.tensor([0.5, 0.8, 0.2]).unsqueeze(1).expand(3, 6000)  # ratios r / (1 - r): 1, 4, 0.25
+    kept = select_candidates(rewards, "resample", seed=11)
+    assert np.bincount(kept, minlength=3) / 6000 == pytest.approx(np.array([1, 4, 0.25]) / 5.25, abs=0.02)
+    assert np.array_equal(select_candidates(rewards[:, 100:130], "resample", seed=111), kept[100:130])  # seed + i
+    assert np.array_equal(select_candidates(torch.tensor([[0.1, 0.9], [0.3, 0.2]]), "max", seed=0), [1, 0])
 
 
 def torch_equal(a, b) -> bool:
@@ -369,6 +384,7 @@ def torch_equal(a, b) -> bool:
     (["--paradigm", "gan"], "paradigm 'gan' is not in paradigms"),
     (["--paradigm", "dit", "--count", "3"], "--count, --labels, --steps, --best-of, --lookahead and --lambda need --out, --grid"),
     (["--paradigm", "dit", "--best-of", "0"], "best_of must be at least 1, got 0"),
+    (["--paradigm", "dit", "--best-of", "2", "--selection", "top"], "Invalid value for '--selection'"),
     (["--paradigm", "dit", "--variant", "adaptive", "--lambda", "-0.1"], "lambda must lie in [0, 1], got -0.1"),
     (["--paradigm", "dit", "--variant", "adaptive", "--lookahead", "2"], "an ODE step draws none"),
     (["--paradigm", "var", "--variant", "static", "--lookahead", "2"], "needs the critic of a trained policy"),
@@ -527,8 +543,9 @@ def test_refinement_benchmark_over_every_seed(finished_smoke_run):
     output = run([sys.executable, "benchmarks/refinement.py", "--params", "params/smoke.yaml", "--paradigm", "var",
                   "--best-of", "2", "--lookahead", "2", "--all-seeds"], project).stdout
     rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| var | adaptive")]
-    assert [(row[1], row[2]) for row in rows[:6]] == [(name, seed) for seed in ("0", "1000") for name in
-                                                      ("adaptive", "adaptive + best of 2", "adaptive + lookahead 2")]
+    assert [(row[1], row[2]) for row in rows[:6]] == [
+        (name, seed) for seed in ("0", "1000")
+        for name in ("adaptive", "adaptive + best of 2 (resample)", "adaptive + lookahead 2")]
     stage = json.loads((project / "results" / "smoke" / "var" / "metrics" / "refinement.json").read_text())["rows"]
     assert [float(row[3]) for row in rows[:3]] == [pytest.approx(entry["fid"], abs=5e-4) for entry in stage]
     assert "refined - plain, mean +- std over seeds" in output and len(rows) == 8

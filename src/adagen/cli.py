@@ -274,14 +274,16 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @click.option("--batch-size", type=int, default=64)
 @click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
 @click.option("--best-of", type=int, default=1,
-              help="Refinement: N candidates per sample, the trained discriminator's favourite kept (N x compute).")
+              help="Refinement: N candidates per sample, one kept by the trained discriminator (N x compute).")
+@click.option("--selection", type=click.Choice(["resample", "max"]), default="resample", show_default=True,
+              help="Best-of-N: resample the candidates by the discriminator's density ratio, or keep its favourite.")
 @click.option("--lookahead", type=int, default=1,
               help="Refinement (MaskGIT, VAR): K candidate next states per step, the critic's favourite continued.")
 @click.option("--lambda", "lam", type=float, default=0.0,
               help="Fidelity-diversity knob in [0, 1]: the adaptive policy blended with the fidelity policy.")
 def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: Path | None, grid: Path | None,
            png_dir: Path | None, count: int | None, labels_text: str | None, seed: int, batch_size: int,
-           steps: int | None, best_of: int, lookahead: int, lam: float) -> None:
+           steps: int | None, best_of: int, selection: str, lookahead: int, lam: float) -> None:
     """Sample with a variant's schedule. Without --out/--grid/--png-dir: the pipeline stage (class-balanced
     samples for every evaluation seed, uint8 npz and grid under results/). With them: the images you ask
     for, from the artifacts of a finished pipeline."""
@@ -307,8 +309,8 @@ def sample(params_path: Path, paradigm: str, variant: str, dry_run: bool, out: P
         count = 100
     try:
         result = generate(params_path, paradigm, variant, count=count, labels=labels, seed=seed,
-                          batch_size=batch_size, steps=steps, best_of=best_of, lookahead=lookahead, lam=lam,
-                          progress=True)
+                          batch_size=batch_size, steps=steps, best_of=best_of, selection=selection,
+                          lookahead=lookahead, lam=lam, progress=True)
     except (ParamsError, stages.MissingInput, ValueError) as error:
         raise click.ClickException(str(error)) from error
     images, label_array = result.images.numpy(), result.labels.numpy()

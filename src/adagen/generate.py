@@ -32,6 +32,8 @@ from adagen.sampling import class_balanced_labels, sample_images
 
 # Best-of-N: candidate j of sample i uses noise seed seed + i + j * stride, so candidate 0 is the plain sample.
 CANDIDATE_SEED_STRIDE = 1_000_000_007
+SELECTIONS = ("resample", "max")  # best-of-N: how a sample's candidate is chosen (select_candidates)
+SELECTION_STREAM = 7  # the key, beside the sample's seed, of the stream that resampling draws from
 
 # The sampling setting that sets the number of generator evaluations, per paradigm (VAR's is its scale count).
 STEPS_SETTING = {"maskgit": "steps", "dit": "nfe", "sit": "nfe"}
@@ -63,16 +65,35 @@ def load_discriminator(params: dict, paths: Paths, paradigm: str, variant: str) 
     return discriminator.eval()
 
 
+def select_candidates(rewards: Tensor, selection: str, seed: int) -> np.ndarray:
+    """Which of the candidates (rewards (candidates, N)) each sample keeps.
+
+    `max`: the highest reward. `resample`: candidate j with probability proportional to r_j / (1 - r_j), the
+    exponential of the discriminator's mean logit, which is the density ratio real / generated that an optimal
+    discriminator's logit estimates: resampling by it moves the kept samples toward the data distribution
+    (discriminator rejection sampling, Azadi et al. 2019), where the maximum collapses onto what the
+    discriminator likes most. Sample i draws from a stream seeded by seed + i, like its noise, so the choice does
+    not depend on the batch either.
+    """
+    if selection == "max":
+        return rewards.argmax(dim=0).numpy()
+    logits = torch.logit(rewards.double().clamp(1e-12, 1 - 1e-12))
+    weights = torch.softmax(logits, dim=0).numpy()  # softmax of the logits = normalised density ratios
+    draws = np.array([np.random.default_rng([seed + i, SELECTION_STREAM]).random() for i in range(weights.shape[1])])
+    return np.minimum((weights.cumsum(axis=0) < draws).sum(axis=0), len(weights) - 1)
+
+
 def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
              labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
-             best_of: int = 1, lookahead: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
+             best_of: int = 1, selection: str = "resample", lookahead: int = 1, lam: float = 0.0,
+             progress: bool = False) -> Generated:
     """Images of one paradigm and variant: `count` class-balanced labels, or the given `labels`.
 
     `steps` changes the number of generator evaluations of a static variant (a trained policy keeps the
     number it was trained for). `best_of` > 1 is the inference-time refinement: that many candidates per
-    sample, the one with the highest reward of the trained discriminator kept (the variant's own for a policy
-    variant, the adaptive policy's otherwise); its compute is counted in `nfe`, `forwards` and
-    `discriminator_calls`. `lookahead` > 1 is the value-guided lookahead of the stochastic paradigms (MaskGIT,
+    sample, scored by the trained discriminator (the variant's own for a policy variant, the adaptive policy's
+    otherwise), one kept by `selection` (see `select_candidates`); its compute is counted in `nfe`, `forwards`
+    and `discriminator_calls`. `lookahead` > 1 is the value-guided lookahead of the stochastic paradigms (MaskGIT,
     VAR): that many candidate next states per step, continued from the one the policy's critic values most; its
     extra evaluations are in `nfe` and `forwards`, its critic calls in `critic_calls`. `lam` in [0, 1] blends
     the adaptive policy with the fidelity policy (0: the adaptive policy exactly). Missing artifacts raise
@@ -80,12 +101,13 @@ def generate(params_file: str | os.PathLike, paradigm: str, variant: str = "adap
     """
     return generate_from(load_params(params_file), Paths.for_params_file(params_file), paradigm, variant,
                          count=count, labels=labels, seed=seed, batch_size=batch_size, steps=steps, best_of=best_of,
-                         lookahead=lookahead, lam=lam, progress=progress)
+                         selection=selection, lookahead=lookahead, lam=lam, progress=progress)
 
 
 def generate_from(params: dict, paths: Paths, paradigm: str, variant: str = "adaptive", *, count: int | None = None,
                   labels: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, steps: int | None = None,
-                  best_of: int = 1, lookahead: int = 1, lam: float = 0.0, progress: bool = False) -> Generated:
+                  best_of: int = 1, selection: str = "resample", lookahead: int = 1, lam: float = 0.0,
+                  progress: bool = False) -> Generated:
     """`generate` with the params already loaded and validated (the pipeline's refine stage calls this)."""
     if paradigm not in params["paradigms"]:
         raise ValueError(f"params set {paths.set_name}: paradigm {paradigm!r} is not in paradigms {params['paradigms']}")
@@ -108,6 +130,8 @@ def generate_from(params: dict, paths: Paths, paradigm: str, variant: str = "ada
         raise ValueError(f"seed must be non-negative, got {seed}")
     if best_of < 1:
         raise ValueError(f"best_of must be at least 1, got {best_of}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
     if lookahead < 1:
@@ -147,7 +171,7 @@ def generate_from(params: dict, paths: Paths, paradigm: str, variant: str = "ada
         targets = torch.from_numpy(label_array)
         rewards = torch.stack([discriminator.candidate_rewards(torch.from_numpy(images[:, i]).float() / 255.0,
                                                                targets[i]) for i in range(len(label_array))], dim=1)
-        chosen = rewards.argmax(dim=0).numpy()
+        chosen = select_candidates(rewards, selection, seed)
     pick = np.arange(len(label_array))
     return Generated(images=torch.from_numpy(images[chosen, pick]), labels=torch.from_numpy(label_array),
                      actions={name: torch.from_numpy(values[chosen, pick]) for name, values in actions.items()},
