@@ -43,7 +43,7 @@ from adagen.reward.backbone import (
     IMAGENET_MEAN, IMAGENET_STD, accuracy, backbone_config, backbone_input, classification_loss, classifier_confidence, load_backbone,
 )
 from adagen.reward.discriminator import ProjectedDiscriminator, discriminator_config
-from adagen.reward.fidelity import RewardFn, class_log_probability, realism, with_fidelity
+from adagen.reward.fidelity import class_log_probability, with_fidelity
 from adagen.rl.train import PPOSettings, train_adagen
 from adagen.sampling import class_balanced_labels, sample_images, save_grid
 from adagen.tracking import StageRun
@@ -439,8 +439,8 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
             raise ValueError(f"{adaptive_file}: its discriminator heads do not fit adagen.discriminator")
         fingerprint_parts["adaptive"] = sha256_of_file(adaptive_file)
         ppo = dict(ppo, **adagen["fidelity"].get("ppo", {}), d_warmup_steps=0)  # its discriminator comes trained
-        reward_fn = with_fidelity(discriminator.reward, fidelity_score(adagen["fidelity"], paths, dataset.train_images),
-                                  adagen["fidelity"]["weight"])
+        score = class_log_probability(load_classifier(require(paths.fidelity_classifier, "train-fidelity-classifier")))
+        reward_fn = with_fidelity(discriminator.reward, score, adagen["fidelity"]["weight"])
     fingerprint = params_hash(fingerprint_parts)
     settings = PPOSettings(**dict(ppo, std_decay_at=tuple(ppo["std_decay_at"])))
     with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
@@ -520,14 +520,6 @@ def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator, l
                           zero_state=variant == "learned-static", blend=blend, lam=lam)
 
 
-def fidelity_score(section: dict, paths: Paths, train_images: np.ndarray) -> RewardFn:
-    """The fidelity policy's per-sample score (`adagen.fidelity.score`) under the frozen fidelity classifier."""
-    classifier = load_classifier(require(paths.fidelity_classifier, "train-fidelity-classifier"))
-    if section.get("score", "log-probability") == "realism":
-        return realism(classifier, torch.from_numpy(train_images).float() / 255.0, section.get("neighbourhood", 3))
-    return class_log_probability(classifier)
-
-
 def train_fidelity_classifier(params: dict, paths: Paths, run: StageRun) -> dict:
     """The fidelity score's frozen classifier: the metrics' classifier architecture trained with a seed and width of
     its own, so that it is neither the evaluation network nor the discriminator's backbone."""
@@ -588,8 +580,8 @@ def _plain_first_seed(params: dict, paths: Paths, paradigm: str) -> tuple[dict, 
 
 def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     """Inference-time refinement (METHOD.md 5) on the evaluation's labels and first seed: the adaptive policy's
-    best of N candidates by its trained discriminator (`adagen.refinement.selection`) and, for the stochastic paradigms (MaskGIT, VAR), the
-    value-guided lookahead of K candidate next states per step. Each is evaluated like a variant and set beside
+    best of N candidates by its trained discriminator (chosen by `adagen.refinement.selection`) and, for the
+    stochastic paradigms (MaskGIT, VAR), the value-guided lookahead of K candidate next states per step. Each is evaluated like a variant and set beside
     the plain policy's metrics on the same samples' seed (read from its evaluation: the same images), with its
     compute per sample: generator NFE and forwards, discriminator and critic calls."""
     from adagen.generate import generate_from  # it builds on this module's loaders

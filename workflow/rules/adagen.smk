@@ -111,7 +111,7 @@ rule train_fidelity_classifier:
         model=str(PATHS.fidelity_classifier),
         info=str(PATHS.fidelity_classifier_info),
     params:
-        section=config["adagen"].get("fidelity"),
+        section=config["adagen"].get("fidelity", {}).get("classifier"),  # not the weight, score or lambdas
     threads: training_threads()
     resources:
         **rule_resources("train_fidelity_classifier"),
