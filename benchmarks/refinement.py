@@ -20,7 +20,7 @@ import numpy as np
 
 from adagen.config import Paths, load_params
 from adagen.data import load_dataset
-from adagen.generate import generate
+from adagen.generate import SELECTIONS, generate
 from adagen.generators import paradigm_of
 from adagen.metrics import evaluate_images
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--params", required=True)
     parser.add_argument("--paradigm", action="append", help="setting(s) to measure (default: all of the set)")
     parser.add_argument("--best-of", type=int, default=4)
-    parser.add_argument("--selection", choices=["resample", "max"], default="resample",
+    parser.add_argument("--selection", choices=SELECTIONS, default="resample",
                         help="best-of-N: resample by the discriminator's density ratio, or keep its favourite")
     parser.add_argument("--lookahead", type=int, default=4, help="candidates per step (MaskGIT, VAR); 1: skip")
     parser.add_argument("--all-seeds", action="store_true", help="every evaluation seed, not only the first")

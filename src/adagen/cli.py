@@ -18,6 +18,7 @@ import numpy as np
 
 from adagen import stages
 from adagen.config import ParamsError, Paths, load_params, params_hash
+from adagen.generate import SELECTIONS
 from adagen.generators import paradigm_of
 from adagen.io import DownloadError
 
@@ -275,7 +276,7 @@ def train(params_path: Path, paradigm: str, variant: str, dry_run: bool) -> None
 @click.option("--steps", type=int, default=None, help="Generator evaluations of a static variant (MaskGIT, DiT, SiT).")
 @click.option("--best-of", type=int, default=1,
               help="Refinement: N candidates per sample, one kept by the trained discriminator (N x compute).")
-@click.option("--selection", type=click.Choice(["resample", "max"]), default="resample", show_default=True,
+@click.option("--selection", type=click.Choice(SELECTIONS), default="resample", show_default=True,
               help="Best-of-N: resample the candidates by the discriminator's density ratio, or keep its favourite.")
 @click.option("--lookahead", type=int, default=1,
               help="Refinement (MaskGIT, VAR): K candidate next states per step, the critic's favourite continued.")

@@ -581,9 +581,10 @@ def _plain_first_seed(params: dict, paths: Paths, paradigm: str) -> tuple[dict, 
 def refine(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     """Inference-time refinement (METHOD.md 5) on the evaluation's labels and first seed: the adaptive policy's
     best of N candidates by its trained discriminator (chosen by `adagen.refinement.selection`) and, for the
-    stochastic paradigms (MaskGIT, VAR), the value-guided lookahead of K candidate next states per step. Each is evaluated like a variant and set beside
-    the plain policy's metrics on the same samples' seed (read from its evaluation: the same images), with its
-    compute per sample: generator NFE and forwards, discriminator and critic calls."""
+    stochastic paradigms (MaskGIT, VAR), the value-guided lookahead of K candidate next states per step. Each is
+    evaluated like a variant and set beside the plain policy's metrics on the same samples' seed (read from its
+    evaluation: the same images), with its compute per sample: generator NFE and forwards, discriminator and
+    critic calls."""
     from adagen.generate import generate_from  # it builds on this module's loaders
 
     started = time.perf_counter()

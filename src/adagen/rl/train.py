@@ -126,6 +126,20 @@ def _check_finite(name: str, value: Tensor, iteration: int, checkpoint: Path) ->
                                f"last good checkpoint kept at {checkpoint}")
 
 
+def _descend(optimizer: torch.optim.Optimizer, loss: Tensor, parameters: list[torch.nn.Parameter]) -> None:
+    """One optimizer step on `loss`, gradients averaged over ranks."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(parameters)
+    optimizer.step()
+
+
+def _first_seed(s: PPOSettings, iteration: int) -> int:
+    """The noise seed of iteration's first rollout: each iteration owns the seeds of its trajectories and
+    discriminator fakes (twice their count, room to spare); iteration `s.iterations` is the warm-up pool's."""
+    return s.seed * 1_000_003 + iteration * 2 * (s.trajectories + s.d_steps * s.d_batch)
+
+
 def warm_up_discriminator(generator: StepwiseGenerator, agent: AdaptivePolicy, discriminator: ProjectedDiscriminator,
                           d_optimizer: torch.optim.Optimizer, reals: Tensor, real_targets: Tensor,
                           s: PPOSettings) -> None:
@@ -141,7 +155,7 @@ def warm_up_discriminator(generator: StepwiseGenerator, agent: AdaptivePolicy, d
     stream = torch.Generator().manual_seed(s.seed + 2)
     num_classes = discriminator.config.num_classes
     pool_labels = _labels(s.d_warmup_fakes, num_classes, stream)
-    first = s.seed * 1_000_003 + s.iterations * 2 * (s.trajectories + s.d_steps * s.d_batch)
+    first = _first_seed(s, s.iterations)
     parts = []
     for start in range(0, s.d_warmup_fakes, s.rollout_batch):  # global batches, this rank its slice (as collect)
         rows_here = _shard(min(s.rollout_batch, s.d_warmup_fakes - start))
@@ -159,10 +173,7 @@ def warm_up_discriminator(generator: StepwiseGenerator, agent: AdaptivePolicy, d
         real_index = torch.randint(0, len(reals), (s.d_batch,), generator=stream)[rows_here]
         losses = discriminator_loss(discriminator(reals[real_index], real_targets[real_index]),
                                     discriminator(pool[fake_index], pool_labels[fake_index]))
-        d_optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        distributed.average_gradients(d_params)
-        d_optimizer.step()
+        _descend(d_optimizer, losses["loss"], d_params)
 
 
 def train_adagen(
@@ -235,21 +246,22 @@ def train_adagen(
             best = {"iteration": iteration, "score": scores["score"],
                     "policy": {key: value.clone() for key, value in policy.state_dict().items()}}
 
+    def std_at(iteration: int) -> float:
+        return exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
+                               floor=s.std_floor)
+
     if start == 0:
         probe_policy(0)
         if s.d_warmup_steps:
-            std = exploration_std(0, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
-                                  floor=s.std_floor)
-            warm_up_discriminator(generator, AdaptivePolicy(policy.eval(), action_map, std=std,
+            warm_up_discriminator(generator, AdaptivePolicy(policy.eval(), action_map, std=std_at(0),
                                                             noise=torch.Generator().manual_seed(s.seed + 2),
                                                             zero_state=zero_state, shard=(rank, world)),
                                   discriminator, d_optimizer, reals, real_targets, s)
     for iteration in tqdm(range(start, s.iterations), initial=start, total=s.iterations, desc="adagen"):
-        std = exploration_std(iteration, initial=s.std_initial, decay=s.std_decay, decay_at=list(s.std_decay_at),
-                              floor=s.std_floor)
+        std = std_at(iteration)
         agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state,
                                shard=(rank, world))
-        seed_base = s.seed * 1_000_003 + iteration * 2 * (s.trajectories + s.d_steps * s.d_batch)
+        seed_base = _first_seed(s, iteration)
         batch = collect(generator, agent, reward_fn, count=s.trajectories, batch=s.rollout_batch,
                         num_classes=num_classes, labels_stream=labels_stream, first_seed=seed_base)
         _check_finite("reward", batch.rewards, iteration, checkpoint_path)
@@ -264,10 +276,7 @@ def train_adagen(
             losses = ppo_losses(new_log_prob, batch.log_prob, advantages, critic(batch.features, batch.k).squeeze(-1),
                                 batch.returns, clip=s.clip, value_coef=s.value_coef)
             _check_finite("PPO loss", distributed.total(losses["loss"]), iteration, checkpoint_path)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            distributed.average_gradients(list(policy.parameters()) + list(critic.parameters()))
-            optimizer.step()
+            _descend(optimizer, losses["loss"], list(policy.parameters()) + list(critic.parameters()))
 
         # Discriminator: fresh fakes of the updated exploring policy against real images.
         agent = AdaptivePolicy(policy.eval(), action_map, std=std, noise=noise, zero_state=zero_state,
@@ -282,10 +291,7 @@ def train_adagen(
             d_losses = discriminator_loss(discriminator(reals[index], real_targets[index]),
                                           discriminator(fakes, fake_labels))
             _check_finite("discriminator loss", distributed.total(d_losses["loss"]), iteration, checkpoint_path)
-            d_optimizer.zero_grad(set_to_none=True)
-            d_losses["loss"].backward()
-            distributed.average_gradients(d_params)
-            d_optimizer.step()
+            _descend(d_optimizer, d_losses["loss"], d_params)
             d_metrics.append({key: value.item() for key, value in d_losses.items()})
 
         metrics = {
