@@ -560,3 +560,17 @@ def test_tradeoff_benchmark_over_every_seed(finished_smoke_run):
     assert [row[1] for row in rows] == ["0", "1"]
     assert all(0 <= float(row[3]) <= 1 and 0 <= float(row[4]) <= 1 for row in rows)
     assert "dit: Spearman with lambda, precision" in output and "(2 seeds x 40 samples per lambda)" in output
+
+
+def test_static_tradeoff_benchmark(finished_smoke_run):
+    """benchmarks/static_tradeoff.py on a finished run: the tuned-static settings with one knob scaled, a row per
+    factor on every seed, and the trends of precision, recall and the fidelity score."""
+    project, _ = finished_smoke_run
+    output = run([sys.executable, "benchmarks/static_tradeoff.py", "--params", "params/smoke.yaml", "--paradigm", "var",
+                  "--knob", "cfg", "--factors", "1", "2"], project).stdout
+    tuned = json.loads((project / "results" / "smoke" / "var" / "policy" / "tuned-static.json").read_text())["sampling"]
+    rows = [line.split(" | ") for line in output.splitlines() if line.startswith("| var | cfg |")]
+    assert [row[2] for row in rows] == [f"{tuned['cfg'] * factor:.3g} (x{factor})" for factor in (1, 2)]
+    assert all(0 <= float(row[4]) <= 1 and 0 <= float(row[5]) <= 1 and float(row[6]) <= 0 for row in rows)
+    assert "var cfg: Spearman with the factor, precision" in output and "(2 seeds x 40 samples per value)" in output
+
