@@ -20,11 +20,10 @@ from scipy.stats import spearmanr
 
 from adagen.config import Paths, load_params
 from adagen.data import load_dataset
-from adagen.io import load_json
 from adagen.metrics import evaluate_images, load_classifier
 from adagen.reward.fidelity import class_log_probability
 from adagen.sampling import class_balanced_labels, sample_images
-from adagen.stages import generator_factory
+from adagen.stages import generator_factory, sampling_settings
 
 KNOBS = ("cfg", "sample_temp")  # the sampling settings scaled by default, where a paradigm has them
 
@@ -42,9 +41,10 @@ def main() -> None:
     score = class_log_probability(load_classifier(paths.fidelity_classifier))
     section = params["sample"]
     labels = class_balanced_labels(section["n_samples"], dataset.num_classes)
+    targets = torch.from_numpy(np.tile(labels, len(section["seeds"])))  # the labels of every seed's samples in turn
     print("| setting | knob | value | FID | precision | recall | mean log p |\n|---|---|---|---|---|---|---|")
     for paradigm in args.paradigm or params["paradigms"]:
-        tuned = load_json(paths.tuned_static(paradigm))["sampling"]
+        tuned = sampling_settings(params, paths, paradigm, "tuned-static")
         make_generator = generator_factory(paths, paradigm)
         for knob in args.knob or [name for name in KNOBS if name in tuned]:
             rows = []
@@ -54,7 +54,6 @@ def main() -> None:
                                                        progress=False)["images"] for seed in section["seeds"]])
                 metrics = evaluate_images(images, dataset.val_images, params["evaluator"], params["metrics"],
                                           paths.evaluator, paths.refstats_dir)
-                targets = torch.from_numpy(np.tile(labels, len(section["seeds"])))
                 metrics["log_p"] = score(torch.from_numpy(images).float() / 255.0, targets).mean().item()
                 rows.append(metrics)
                 print(f"| {paradigm} | {knob} | {tuned[knob] * factor:.3g} (x{factor:g}) | {metrics['fid']:.3f} | "

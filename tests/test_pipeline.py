@@ -577,4 +577,3 @@ def test_static_tradeoff_benchmark(finished_smoke_run):
     assert [row[2] for row in rows] == [f"{tuned['cfg'] * factor:.3g} (x{factor})" for factor in (1, 2)]
     assert all(0 <= float(row[4]) <= 1 and 0 <= float(row[5]) <= 1 and float(row[6]) <= 0 for row in rows)
     assert "var cfg: Spearman with the factor, precision" in output and "(2 seeds x 40 samples per value)" in output
-
