@@ -42,12 +42,13 @@ def main() -> None:
 
     params, paths = load_params(args.params), Paths.for_params_file(args.params)
     dataset = load_dataset(paths.dataset)
-    grid = load_json(paths.tuned_static(args.paradigm))["grid"]
+    grid = load_json(paths.tuned_static(args.paradigm))["grid"]  # each cell: its knobs, then its scores
+    knobs = list(params["adagen"]["tuning"]["grids"][args.paradigm])
     base = params["generators"][args.paradigm]["sampling"]
     labels = class_balanced_labels(args.samples, dataset.num_classes)
     make_generator, fakes = generator_factory(paths, args.paradigm), {"train": [], "score": []}
     for index, cell in enumerate(tqdm(grid, desc="sampling the grid")):
-        settings = {**base, **{key: value for key, value in cell.items() if key != "fid_train"}}
+        settings = {**base, **{knob: cell[knob] for knob in knobs}}
         generator = make_generator(settings)
         for part, offset in (("train", 0), ("score", 1)):
             seed = args.seed + (2 * index + offset) * args.samples
@@ -84,7 +85,7 @@ def main() -> None:
                                           params["metrics"], paths.reward_backbone))
     print(f"{'cell':<56} {'FID evaluator':>14} {'FID backbone':>13} {'mean reward':>12}")
     for cell, reward, backbone_fid in zip(grid, rewards, backbone_fids):
-        name = ", ".join(f"{key}={value}" for key, value in cell.items() if key != "fid_train")
+        name = ", ".join(f"{knob}={cell[knob]}" for knob in knobs)
         print(f"{name:<56} {cell['fid_train']:>14.3f} {backbone_fid:>13.3f} {reward:>12.4f}")
     evaluator_fids = [cell["fid_train"] for cell in grid]
     print(f"over {len(grid)} cells (FID against the train split; evaluator FID from the tune-static search):")

@@ -271,6 +271,7 @@ def test_the_default_target_trains_a_policy_per_paradigm_from_the_tuned_schedule
         tuned = json.loads((results / paradigm / "policy" / "tuned-static.json").read_text())
         assert tuned["chosen"] in tuned["grid"]
         assert tuned["chosen"]["fid_train"] == min(row["fid_train"] for row in tuned["grid"])
+        assert all(0 <= row["precision_train"] <= 1 and 0 <= row["recall_train"] <= 1 for row in tuned["grid"])
         tuned_metrics = json.loads((results / paradigm / "metrics" / "tuned-static.json").read_text())
         assert tuned_metrics["settings"] == tuned["sampling"] and tuned_metrics["nfe"] == SMOKE_NFE[paradigm]
         assert metrics["settings"] == tuned["sampling"]  # the policy's zero output is the tuned schedule
@@ -504,6 +505,16 @@ def test_fidelity_policy_and_the_lambda_knob(finished_smoke_run, monkeypatch):
     # The fidelity policy fine-tunes the adaptive one.
     fidelity_info = json.loads((results / "dit" / "policy" / "fidelity.json").read_text())
     assert fidelity_info["fine_tunes"]["sha256"] == sha256_of_file(results / "dit" / "policy" / "adaptive.pt")
+    # It acts around the cell of highest precision (ties: lower recall) of its start search from the adaptive
+    # policy's schedule, which that search scored first.
+    search = fidelity_info["start"]
+    adaptive_settings = json.loads((results / "dit" / "metrics" / "adaptive.json").read_text())["settings"]
+    assert [row["cfg"] for row in search["grid"]] == [adaptive_settings["cfg"], 4.0]
+    # On tune-static's seeds (smoke.yaml), its first cell is the tuned-static schedule itself: the same FID.
+    tuned = json.loads((results / "dit" / "policy" / "tuned-static.json").read_text())
+    assert search["grid"][0]["fid_train"] == pytest.approx(tuned["chosen"]["fid_train"], rel=1e-9)
+    assert search["chosen"] == min(search["grid"], key=lambda row: (-row["precision_train"], row["recall_train"]))
+    assert search["sampling"] == {**adaptive_settings, "cfg": search["chosen"]["cfg"]}
     summary = (results / "summary.md").read_text()
     assert "Fidelity-diversity knob" in summary and "train-fidelity-classifier" in summary
     plain = generate("params/smoke.yaml", "dit", "adaptive", count=6, seed=3)

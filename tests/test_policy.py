@@ -77,6 +77,43 @@ def test_policy_reads_the_generator_grid_and_moves_actions_per_sample(paradigm):
     assert (result.actions[first][:, -1] - result.actions[first][0, -1]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_blend_of_two_policies_around_their_own_schedules(paradigm):
+    # The fidelity-diversity knob: each policy acts around its own schedule (the fidelity policy around the
+    # precision-tuned one); lambda 1 is the other policy exactly, and in between (zero networks: the schedules
+    # themselves) every action lies between the two schedules' values.
+    generator = make_generator(paradigm)
+    s = SMOOTHING[paradigm]
+    own = generator.baseline_schedule()
+    other = {spec.name: (values * 0.8).clamp(spec.low + 1e-3, spec.high)
+             for spec, values in zip(generator.action_specs, own.values())}
+    labels, seeds = torch.tensor([0, 1, 2]), [3, 4, 5]
+
+    def actions(lam):
+        policy = AdaptivePolicy(small_policy(generator), ActionMap(generator, s), blend=small_policy(generator),
+                                blend_map=ActionMap(generator, s, schedule=other), lam=lam)
+        return rollout(generator, labels, SampleRNG(seeds), policy)
+
+    alone = rollout(generator, labels, SampleRNG(seeds),
+                    AdaptivePolicy(small_policy(generator), ActionMap(generator, s, schedule=other)))
+    at_one, half = actions(1.0), actions(0.5)
+    assert all(torch.equal(at_one.actions[name], alone.actions[name]) for name in own)
+    assert torch.equal(at_one.images, alone.images)
+    for name, values in own.items():
+        low = torch.minimum(values, alone.actions[name][0]) - 1e-5
+        high = torch.maximum(values, alone.actions[name][0]) + 1e-5
+        assert ((half.actions[name] >= low) & (half.actions[name] <= high)).all(), name
+    moved = [name for name in own if not torch.allclose(own[name], other[name])]
+    assert any(not torch.allclose(half.actions[name][0], own[name]) for name in moved)
+    with pytest.raises(ValueError, match="acts deterministically"):
+        explorer = AdaptivePolicy(small_policy(generator), ActionMap(generator, s), std=0.3,
+                                  noise=torch.Generator().manual_seed(0), blend=small_policy(generator),
+                                  blend_map=ActionMap(generator, s, schedule=other), lam=0.5)
+        rollout(generator, labels, SampleRNG(seeds), explorer)
+    with pytest.raises(ValueError, match="a schedule of"):
+        ActionMap(generator, s, schedule={name: values[:-1] for name, values in own.items()})
+
+
 def test_exploration_records_gaussian_log_probs_and_the_std_schedule():
     generator = make_generator("dit")
     policy = AdaptivePolicy(small_policy(generator), ActionMap(generator, 0.4), std=0.6,

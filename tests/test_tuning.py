@@ -35,3 +35,14 @@ def test_keeps_the_start_when_nothing_beats_it():
 def test_a_knob_without_a_starting_value_is_an_error():
     with pytest.raises(ValueError, match=r"knobs \['top_p'\] have no starting value"):
         coordinate_search({"top_p": [0.9]}, {"cfg": 1.0}, lambda cell: 0.0)
+
+
+def test_orders_cells_by_a_key_of_several_measurements():
+    # The fidelity policy's start: the highest precision, ties broken by the lower recall; every measurement kept.
+    precision = {0.25: 0.99, 0.5: 0.99, 1.0: 0.98}
+    rows = coordinate_search({"temp": [0.25, 0.5]}, {"temp": 1.0},
+                             lambda cell: {"precision": precision[cell["temp"]], "recall": cell["temp"] / 2},
+                             key=lambda row: (-row["precision"], row["recall"]))
+    assert [row["temp"] for row in rows] == [1.0, 0.25, 0.5]
+    assert min(rows, key=lambda row: (-row["precision"], row["recall"]))["temp"] == 0.25
+    assert rows[0] == {"temp": 1.0, "precision": 0.98, "recall": 0.5}

@@ -600,16 +600,19 @@ def _against_reference(
     )
 
 
-def held_out_fid(
+def held_out_scores(
     images: np.ndarray,
     reference_images: np.ndarray,
     evaluator_params: Mapping[str, Any],
     metrics_params: Mapping[str, Any],
     evaluator_path: str | os.PathLike | None,
     scratch_dir: str | os.PathLike | None = None,
-) -> float:
-    """FID against another reference: for choices such as the tuned-static schedule, which are judged on the
-    train split so that the val split stays untouched for the reported figures.
+    *,
+    precision_recall: bool = False,
+) -> dict[str, float]:
+    """FID (and with `precision_recall`, precision and recall) against another reference: for choices such as the
+    tuned-static schedule, which are judged on the train split so that the val split stays untouched for the
+    reported figures.
 
     `scratch_dir` (a directory the caller owns for one reference set, e.g. a temporary one) keeps the
     reference features between calls, so a search that scores many candidates extracts them once.
@@ -617,8 +620,12 @@ def held_out_fid(
     _check_images("images", images)
     _check_images("reference_images", reference_images)
     result = _against_reference(images, reference_images, evaluator_params, metrics_params, evaluator_path,
-                                scratch_dir, fid=True)
-    return float(result[torch_fidelity.KEY_METRIC_FID])
+                                scratch_dir, fid=True, prc=precision_recall)
+    scores = {"fid": float(result[torch_fidelity.KEY_METRIC_FID])}
+    if precision_recall:
+        scores.update(precision=float(result[torch_fidelity.KEY_METRIC_PRECISION]),
+                      recall=float(result[torch_fidelity.KEY_METRIC_RECALL]))
+    return scores
 
 
 def sanity_figures(

@@ -31,7 +31,7 @@ from adagen.io import (
 )
 from adagen.metrics import (
     AdaGenProtocolInception, adagen_protocol_scores, adagen_protocol_statistics, import_reference_statistics,
-    compute_reference, evaluate_images, held_out_fid, load_classifier, sanity_figures, save_classifier,
+    compute_reference, evaluate_images, held_out_scores, load_classifier, sanity_figures, save_classifier,
     train_classifier,
 )
 from adagen.policy.actions import ActionMap
@@ -302,34 +302,44 @@ def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | N
     return generator_factory(paths, paradigm)(sampling or params["generators"][paradigm]["sampling"])
 
 
+def _train_split_scorer(params: dict, paths: Paths, paradigm: str, dataset, base: dict, search: dict, scratch: str,
+                        progress, run: StageRun):
+    """A cell (settings that replace some of `base`) -> FID, precision and recall against the train split of
+    `search["n_samples"]` class-balanced samples on `search["seed"]`: the judge of a search over static schedules,
+    which leaves the val split and the evaluation seeds untouched."""
+    labels = class_balanced_labels(search["n_samples"], dataset.num_classes)
+    make_generator = generator_factory(paths, paradigm)
+    evaluator = require(paths.evaluator, "train-evaluator")
+
+    def score(settings: dict) -> dict[str, float]:
+        images = sample_images(make_generator({**base, **settings}), labels, seed=search["seed"],
+                               batch_size=params["sample"]["batch_size"], progress=False)["images"]
+        scores = held_out_scores(images, dataset.train_images, params["evaluator"], params["metrics"], evaluator,
+                                 scratch, precision_recall=True)
+        scores = {f"{name}_train": value for name, value in scores.items()}
+        progress.update()
+        run.log_metrics(scores, progress.n)
+        return scores
+
+    return score
+
+
 def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
     """The tuned-static baseline: coordinate search over the params' candidate values of the sampling settings,
     judged by FID against the train split on seeds of its own, so the val split and the reported seeds stay
-    untouched."""
+    untouched. Each cell's precision and recall there are kept beside its FID."""
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     tuning, base = params["adagen"]["tuning"], params["generators"][paradigm]["sampling"]
-    labels = class_balanced_labels(tuning["n_samples"], dataset.num_classes)
-    make_generator = generator_factory(paths, paradigm)
+    grid = tuning["grids"].get(paradigm, {})
     progress = tqdm(desc=f"tune-static {paradigm}", unit="cell")
-
-    def score(cell: dict, scratch: str) -> float:
-        images = sample_images(make_generator({**base, **cell}), labels, seed=tuning["seed"],
-                               batch_size=params["sample"]["batch_size"], progress=False)["images"]
-        fid = held_out_fid(images, dataset.train_images, params["evaluator"], params["metrics"],
-                           require(paths.evaluator, "train-evaluator"), scratch)
-        progress.update()
-        run.log_metrics({"fid_train": fid}, progress.n)
-        return fid
-
     with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
-        rows = coordinate_search(tuning["grids"].get(paradigm, {}), base, lambda cell: score(cell, scratch),
-                                 sweeps=tuning["sweeps"])
+        score = _train_split_scorer(params, paths, paradigm, dataset, base, tuning, scratch, progress, run)
+        rows = coordinate_search(grid, base, score, key=lambda row: row["fid_train"], sweeps=tuning["sweeps"])
     progress.close()
-    rows = [{**{key: value for key, value in row.items() if key != "score"}, "fid_train": row["score"]} for row in rows]
     chosen = min(rows, key=lambda row: row["fid_train"])
-    result = {"sampling": {**base, **{key: value for key, value in chosen.items() if key != "fid_train"}},
-              "chosen": chosen, "grid": rows, "seconds": time.perf_counter() - started}
+    result = {"sampling": {**base, **{knob: chosen[knob] for knob in grid}}, "chosen": chosen, "grid": rows,
+              "seconds": time.perf_counter() - started}
     save_json(paths.tuned_static(paradigm), result)
     run.log_artifact(paths.tuned_static(paradigm))
     return result
@@ -380,8 +390,8 @@ def _probe(params: dict, paths: Paths, generator, train_images: np.ndarray, scra
     def probe(policy: AdaptivePolicy) -> dict[str, float]:
         images = sample_images(generator, labels, seed=selection["seed"], batch_size=params["sample"]["batch_size"],
                                policy=policy, progress=False)["images"]
-        fids = {f"fid_{name}_train": held_out_fid(images, train_images, evaluator, params["metrics"], path,
-                                                  Path(scratch_dir) / name)
+        fids = {f"fid_{name}_train": held_out_scores(images, train_images, evaluator, params["metrics"], path,
+                                                     Path(scratch_dir) / name)["fid"]
                 for name, (evaluator, path) in spaces.items()}
         return {"score": fids[f"fid_{selection['features']}_train"], **fids}
 
@@ -407,8 +417,12 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     started = time.perf_counter()
     adagen = params["adagen"]
     start = sampling_settings(params, paths, paradigm, adagen["start_from"])
-    generator = load_generator(params, paths, paradigm, start)
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
+    adaptive_start, fidelity_start = start, None
+    if variant == "fidelity":  # (each rank of a multi-GPU job repeats this short seeded search: the same result)
+        fidelity_start = _fidelity_start(params, paths, run, paradigm, dataset, adaptive_start)
+        start = fidelity_start["sampling"]
+    generator = load_generator(params, paths, paradigm, start)
     saved_backbone = load_checkpoint(require(paths.reward_backbone, "train-reward-backbone"))
     backbone = load_backbone(saved_backbone)
     torch.manual_seed(adagen["ppo"]["seed"])  # initial weights of the discriminator heads, policy and critic
@@ -427,10 +441,10 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
         reward_fn = classifier_confidence(backbone)
     if variant == "fidelity":
         # The fidelity policy continues the adaptive one (policy, critic and discriminator) under the fidelity
-        # reward: a short fine-tune, and two nearby networks whose blend moves steadily from one to the other.
+        # reward, a short fine-tune, around its own start schedule (adagen.fidelity.start).
         adaptive_file = require(paths.policy(paradigm, "adaptive"), _policy_made_by(paradigm, "adaptive"))
         adaptive_saved = load_checkpoint(adaptive_file)
-        if adaptive_saved["sampling"] != start:
+        if adaptive_saved["sampling"] != adaptive_start:
             raise ValueError(f"{paradigm}: the adaptive policy acts around other settings than adagen.start_from's")
         policy.load_state_dict(adaptive_saved["policy"]["state_dict"])
         critic.load_state_dict(adaptive_saved["critic"]["state_dict"])
@@ -455,7 +469,8 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
         return summary
     heads = {key: value for key, value in discriminator.state_dict().items() if not key.startswith("backbone.")}
     save_checkpoint(paths.policy(paradigm, variant), {
-        "variant": variant, "sampling": start, "smoothing": smoothing, "discriminator": heads,
+        "variant": variant, "sampling": start, "schedule": generator.baseline_schedule(), "smoothing": smoothing,
+        "discriminator": heads,
         "policy": {"config": asdict(policy.config), "state_dict": policy.state_dict()},
         "critic": {"config": asdict(critic.config), "state_dict": critic.state_dict()},
     })
@@ -463,10 +478,29 @@ def train_policy(params: dict, paths: Paths, run: StageRun, paradigm: str, varia
     info = {**summary, "start_from": adagen["start_from"], "seconds": time.perf_counter() - started}
     if variant == "fidelity":
         info["fine_tunes"] = {"variant": "adaptive", "sha256": fingerprint_parts["adaptive"]}
+        info["start"] = fidelity_start
     save_json(paths.policy_info(paradigm, variant), info)
     run.log_metrics({"selected_iteration": info["selected_iteration"] or 0})
     run.log_artifact(paths.policy_info(paradigm, variant))
     return info
+
+
+def _fidelity_start(params: dict, paths: Paths, run: StageRun, paradigm: str, dataset, adaptive_start: dict) -> dict:
+    """The schedule the fidelity policy acts around: with `adagen.fidelity.start`, the cell of highest precision
+    (ties: lower recall) against the train split in a coordinate search over its grid from the adaptive policy's
+    schedule, the knob's faithful end, far beyond what a short fine-tune moves; else the adaptive policy's own."""
+    search = params["adagen"]["fidelity"].get("start")
+    if search is None:
+        return {"sampling": adaptive_start}
+    grid = search["grids"].get(paradigm, {})
+    progress = tqdm(desc=f"fidelity start {paradigm}", unit="cell")
+    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
+        score = _train_split_scorer(params, paths, paradigm, dataset, adaptive_start, search, scratch, progress, run)
+        faithful = lambda row: (-row["precision_train"], row["recall_train"])  # noqa: E731
+        rows = coordinate_search(grid, adaptive_start, score, key=faithful)
+    progress.close()
+    chosen = min(rows, key=faithful)
+    return {"sampling": {**adaptive_start, **{knob: chosen[knob] for knob in grid}}, "chosen": chosen, "grid": rows}
 
 
 def _policy_made_by(paradigm: str, variant: str) -> str:
@@ -510,14 +544,15 @@ def load_sampling_policy(paths: Paths, paradigm: str, variant: str, generator, l
         return None
     made_by = _policy_made_by(paradigm, variant)
     saved = load_checkpoint(require(paths.policy(paradigm, variant), made_by))
-    blend = None
-    if lam > 0:
+    blend = {}
+    if lam > 0:  # each policy around its own schedule, blended before the one smoothing both share
         fidelity = load_checkpoint(require(paths.policy(paradigm, "fidelity"), _policy_made_by(paradigm, "fidelity")))
-        if fidelity["sampling"] != saved["sampling"]:  # the blend adds network outputs around one residual table
-            raise ValueError(f"{paradigm}: the adaptive and fidelity policies start from different schedules")
-        blend = load_policy(fidelity["policy"])
+        if fidelity["smoothing"] != saved["smoothing"]:
+            raise ValueError(f"{paradigm}: the adaptive and fidelity policies smooth their actions differently")
+        blend = {"blend": load_policy(fidelity["policy"]),
+                 "blend_map": ActionMap(generator, fidelity["smoothing"], schedule=fidelity["schedule"])}
     return AdaptivePolicy(load_policy(saved["policy"]), ActionMap(generator, saved["smoothing"]),
-                          zero_state=variant == "learned-static", blend=blend, lam=lam)
+                          zero_state=variant == "learned-static", lam=lam, **blend)
 
 
 def train_fidelity_classifier(params: dict, paths: Paths, run: StageRun) -> dict:

@@ -36,26 +36,39 @@ class ActionMap:
     the next smoothing state (pre-activation values, detached) and the actions {name: (B,)}.
     """
 
-    def __init__(self, generator: StepwiseGenerator, smoothing: float):
+    def __init__(self, generator: StepwiseGenerator, smoothing: float, schedule: dict[str, Tensor] | None = None):
+        """`schedule` ({name: (T,)}) is what u = 0 reproduces: the generator's baseline schedule unless given (a
+        policy trained around other sampling settings of the same generator, as its checkpoint records them)."""
         if not 0 <= smoothing < 1:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.specs = generator.action_specs
         self.names = [spec.name for spec in self.specs]
         self.num_steps = generator.num_steps
         self.smoothing = smoothing
+        schedule = generator.baseline_schedule() if schedule is None else schedule
+        if sorted(schedule) != sorted(self.names) or any(len(schedule[name]) != self.num_steps for name in self.names):
+            raise ValueError(f"a schedule of {self.num_steps} steps of {sorted(self.names)} was expected, got "
+                             f"{ {name: len(values) for name, values in schedule.items()} }")
         # Computed in float64 so that u = 0 gives the baseline to float32 precision even for s close to 1.
         self.residual = torch.stack([
-            inverse_smooth(spec.inverse(spec.baseline(self.num_steps).double()), smoothing) for spec in self.specs
+            inverse_smooth(spec.inverse(schedule[spec.name].double()), smoothing) for spec in self.specs
         ], dim=1)  # (T, A)
 
     @property
     def num_actions(self) -> int:
         return len(self.specs)
 
+    def target(self, u_BA: Tensor, k: int) -> Tensor:
+        """Unsmoothed pre-activation values z_k = u_k + residual[k] (B, A), in float64."""
+        return u_BA.double() + self.residual[k].to(u_BA.device)
+
+    def smoothed(self, previous_BA: Tensor | None, z_BA: Tensor) -> Tensor:
+        """One step of the causal low-pass: a_k from a_{k-1} and z_k."""
+        return z_BA if previous_BA is None else self.smoothing * previous_BA + (1 - self.smoothing) * z_BA
+
     def pre_activation(self, previous_BA: Tensor | None, u_BA: Tensor, k: int) -> Tensor:
         """Smoothed pre-activation values a_k (B, A)."""
-        z = u_BA.double() + self.residual[k].to(u_BA.device)
-        return z if previous_BA is None else self.smoothing * previous_BA + (1 - self.smoothing) * z
+        return self.smoothed(previous_BA, self.target(u_BA, k))
 
     def activate(self, a_BA: Tensor) -> dict[str, Tensor]:
         return {spec.name: spec.activation(a_BA[:, i]).float() for i, spec in enumerate(self.specs)}

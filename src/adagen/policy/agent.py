@@ -1,7 +1,7 @@
 """A policy network and a generator's action map as a rollout policy, deterministic or exploring.
 
-Deterministic (evaluation): u = policy(features, k), or a blend of two policies (the fidelity-diversity knob). Exploring (PPO collection): u ~ N(policy(features, k),
-std^2 I) in the network's output space (METHOD.md 1.2), with u and its log-probability recorded per decision.
+Deterministic (evaluation): u = policy(features, k), or a blend of two policies (the fidelity-diversity knob).
+Exploring (PPO collection): u ~ N(policy(features, k), std^2 I) in the network's output space (METHOD.md 1.2), with u and its log-probability recorded per decision.
 The smoothing state is reset at k = 0, so one object serves every rollout in turn.
 """
 
@@ -41,9 +41,11 @@ class AdaptivePolicy:
     noise: torch.Generator | None = None  # exploration noise stream (CPU)
     zero_state: bool = False  # learned-static ablation: the network sees zeros instead of features
     shard: tuple[int, int] = (0, 1)  # (rank, world size): draw the global batch's noise, keep this rank's rows
-    # The fidelity-diversity knob (METHOD.md 6): u = (1 - lam) u_network + lam u_blend, in the networks' output
-    # space, before residual, smoothing and activation. lam = 0 skips the blend, so it is the plain policy exactly.
+    # The fidelity-diversity knob (METHOD.md 6): z = (1 - lam) (u_network + residual) + lam (u_blend +
+    # blend_residual), in pre-activation space before smoothing and activation, each policy around its own schedule
+    # (blend_map's). lam = 0 skips the blend, so it is the plain policy exactly; lam = 1 is the blend policy exactly.
     blend: PolicyNet | None = None
+    blend_map: ActionMap | None = None
     lam: float = 0.0
     transitions: list[Transition] = field(default_factory=list)
     _previous: Tensor | None = None
@@ -57,7 +59,12 @@ class AdaptivePolicy:
         k_B = torch.full((features.shape[0],), k, device=features.device)
         mean = self.network(features, k_B)
         if self.blend is not None and self.lam > 0:
-            mean = (1 - self.lam) * mean + self.lam * self.blend(features, k_B)
+            if self.std is not None or self.blend_map is None:
+                raise ValueError("a blend of two policies acts deterministically, each with its action map")
+            z = (1 - self.lam) * self.action_map.target(mean, k) + self.lam * self.blend_map.target(
+                self.blend(features, k_B), k)
+            self._previous = self.action_map.smoothed(self._previous, z).detach()
+            return self.action_map.activate(self._previous)
         u = mean
         if self.std is not None:
             rank, world = self.shard
