@@ -1,7 +1,8 @@
 """A policy network and a generator's action map as a rollout policy, deterministic or exploring.
 
 Deterministic (evaluation): u = policy(features, k), or a blend of two policies (the fidelity-diversity knob).
-Exploring (PPO collection): u ~ N(policy(features, k), std^2 I) in the network's output space (METHOD.md 1.2), with u and its log-probability recorded per decision.
+Exploring (PPO collection): u ~ N(policy(features, k), std^2 I) in the network's output space (METHOD.md 1.2),
+with u and its log-probability recorded per decision.
 The smoothing state is reset at k = 0, so one object serves every rollout in turn.
 """
 
