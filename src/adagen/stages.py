@@ -302,17 +302,18 @@ def load_generator(params: dict, paths: Paths, paradigm: str, sampling: dict | N
     return generator_factory(paths, paradigm)(sampling or params["generators"][paradigm]["sampling"])
 
 
-def _train_split_scorer(params: dict, paths: Paths, paradigm: str, dataset, base: dict, search: dict, scratch: str,
-                        progress, run: StageRun):
-    """A cell (settings that replace some of `base`) -> FID, precision and recall against the train split of
-    `search["n_samples"]` class-balanced samples on `search["seed"]`: the judge of a search over static schedules,
-    which leaves the val split and the evaluation seeds untouched."""
+def _search_static(params: dict, paths: Paths, run: StageRun, paradigm: str, dataset, base: dict, grid: dict,
+                   search: dict, key, *, sweeps: int = 1) -> dict:
+    """Coordinate search over `grid` from `base`, each cell judged by FID, precision and recall against the train
+    split of `search["n_samples"]` class-balanced samples on `search["seed"]` (the val split and the evaluation
+    seeds stay untouched); the best cell by `key` (as for `min`) with its full settings and every scored cell."""
     labels = class_balanced_labels(search["n_samples"], dataset.num_classes)
     make_generator = generator_factory(paths, paradigm)
     evaluator = require(paths.evaluator, "train-evaluator")
+    progress = tqdm(desc=f"search {paradigm}", unit="cell")
 
-    def score(settings: dict) -> dict[str, float]:
-        images = sample_images(make_generator({**base, **settings}), labels, seed=search["seed"],
+    def score(cell: dict, scratch: str) -> dict[str, float]:
+        images = sample_images(make_generator({**base, **cell}), labels, seed=search["seed"],
                                batch_size=params["sample"]["batch_size"], progress=False)["images"]
         scores = held_out_scores(images, dataset.train_images, params["evaluator"], params["metrics"], evaluator,
                                  scratch, precision_recall=True)
@@ -321,7 +322,11 @@ def _train_split_scorer(params: dict, paths: Paths, paradigm: str, dataset, base
         run.log_metrics(scores, progress.n)
         return scores
 
-    return score
+    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
+        rows = coordinate_search(grid, base, lambda cell: score(cell, scratch), key=key, sweeps=sweeps)
+    progress.close()
+    chosen = min(rows, key=key)
+    return {"sampling": {**base, **{knob: chosen[knob] for knob in grid}}, "chosen": chosen, "grid": rows}
 
 
 def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dict:
@@ -331,15 +336,9 @@ def tune_static(params: dict, paths: Paths, run: StageRun, paradigm: str) -> dic
     started = time.perf_counter()
     dataset = load_dataset(require(paths.dataset, "prepare-data"))
     tuning, base = params["adagen"]["tuning"], params["generators"][paradigm]["sampling"]
-    grid = tuning["grids"].get(paradigm, {})
-    progress = tqdm(desc=f"tune-static {paradigm}", unit="cell")
-    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
-        score = _train_split_scorer(params, paths, paradigm, dataset, base, tuning, scratch, progress, run)
-        rows = coordinate_search(grid, base, score, key=lambda row: row["fid_train"], sweeps=tuning["sweeps"])
-    progress.close()
-    chosen = min(rows, key=lambda row: row["fid_train"])
-    result = {"sampling": {**base, **{knob: chosen[knob] for knob in grid}}, "chosen": chosen, "grid": rows,
-              "seconds": time.perf_counter() - started}
+    result = _search_static(params, paths, run, paradigm, dataset, base, tuning["grids"].get(paradigm, {}), tuning,
+                            key=lambda row: row["fid_train"], sweeps=tuning["sweeps"])
+    result["seconds"] = time.perf_counter() - started
     save_json(paths.tuned_static(paradigm), result)
     run.log_artifact(paths.tuned_static(paradigm))
     return result
@@ -492,15 +491,8 @@ def _fidelity_start(params: dict, paths: Paths, run: StageRun, paradigm: str, da
     search = params["adagen"]["fidelity"].get("start")
     if search is None:
         return {"sampling": adaptive_start}
-    grid = search["grids"].get(paradigm, {})
-    progress = tqdm(desc=f"fidelity start {paradigm}", unit="cell")
-    with tempfile.TemporaryDirectory(prefix="adagen-train-features-") as scratch:
-        score = _train_split_scorer(params, paths, paradigm, dataset, adaptive_start, search, scratch, progress, run)
-        faithful = lambda row: (-row["precision_train"], row["recall_train"])  # noqa: E731
-        rows = coordinate_search(grid, adaptive_start, score, key=faithful)
-    progress.close()
-    chosen = min(rows, key=faithful)
-    return {"sampling": {**adaptive_start, **{knob: chosen[knob] for knob in grid}}, "chosen": chosen, "grid": rows}
+    return _search_static(params, paths, run, paradigm, dataset, adaptive_start, search["grids"].get(paradigm, {}),
+                          search, key=lambda row: (-row["precision_train"], row["recall_train"]))
 
 
 def _policy_made_by(paradigm: str, variant: str) -> str:
