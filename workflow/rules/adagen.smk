@@ -13,6 +13,7 @@ rule tune_static:
     params:
         tuning=config["adagen"]["tuning"],
         sampling=lambda wildcards: config["generators"][wildcards.paradigm]["sampling"],
+    priority: PRIORITY["policy"]
     resources:
         **rule_resources("tune_static"),
     log:
@@ -30,6 +31,7 @@ rule train_reward_backbone:
         info=str(PATHS.reward_backbone_info),
     params:
         section=config["adagen"]["reward_backbone"],
+    priority: PRIORITY["shared"]
     threads: training_threads()
     resources:
         **rule_resources("train_reward_backbone"),
@@ -75,6 +77,7 @@ rule train:
         variant="|".join(POLICY_VARIANTS),
     params:
         adagen=lambda wildcards: training_section(config["adagen"], wildcards.variant),
+    priority: PRIORITY["policy"]
     threads: training_threads()
     log:
         f"{LOGS}/train-{{paradigm}}-{{variant}}.log",
@@ -112,6 +115,7 @@ rule train_fidelity_classifier:
         info=str(PATHS.fidelity_classifier_info),
     params:
         section=config["adagen"].get("fidelity", {}).get("classifier"),  # not the weight, score or lambdas
+    priority: PRIORITY["shared"]
     threads: training_threads()
     resources:
         **rule_resources("train_fidelity_classifier"),
@@ -138,6 +142,7 @@ rule tradeoff:
     params:
         section=config["adagen"].get("fidelity"),
         sample=config["sample"],
+    priority: PRIORITY["measure"]
     resources:
         **rule_resources("tradeoff"),
     log:
@@ -165,6 +170,7 @@ rule refine:
     params:
         section=config["adagen"].get("refinement"),
         sample=config["sample"],
+    priority: PRIORITY["measure"]
     resources:
         **rule_resources("refine"),
     log:

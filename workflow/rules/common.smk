@@ -47,6 +47,13 @@ def training_threads():
         return 1
 
 
+# Which ready job runs first on a few cores: the inputs every setting shares, then each setting's long chain
+# (pretrain -> tune-static -> train -> fidelity -> tradeoff, refine), while the short sample and evaluate jobs
+# (priority 0) fill the free core. Left to itself Snakemake started MaskGIT's policy training 10 minutes after it
+# could, and the demo's last 6 minutes ran that chain on one core.
+PRIORITY = {"shared": 40, "generator": 30, "policy": 20, "measure": 10}
+
+
 wildcard_constraints:
     paradigm=one_of(config["paradigms"]),
     variant="|".join(VARIANTS),

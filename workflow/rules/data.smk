@@ -23,6 +23,7 @@ rule train_evaluator:
         info=str(PATHS.evaluator_info),
     params:
         section=config["evaluator"],
+    priority: PRIORITY["shared"]
     threads: 2
     resources:
         **rule_resources("train_evaluator"),
@@ -41,6 +42,7 @@ rule refstats:
     params:
         evaluator=config["evaluator"],
         metrics=config["metrics"],
+    priority: PRIORITY["shared"]
     resources:
         **rule_resources("refstats"),
     log:

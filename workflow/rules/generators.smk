@@ -12,6 +12,7 @@ rule train_tokenizer:
         paradigm=one_of([name for name in TOKEN_PARADIGMS if name in PRETRAINED]),
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm]["tokenizer"],
+    priority: PRIORITY["generator"]
     threads: training_threads()
     resources:
         **rule_resources("train_tokenizer"),
@@ -40,6 +41,7 @@ rule pretrain:
         network=lambda wildcards: config["generators"][wildcards.paradigm]["network"],
         objective=lambda wildcards: config["generators"][wildcards.paradigm]["objective"],
         pretrain=lambda wildcards: config["generators"][wildcards.paradigm]["pretrain"],
+    priority: PRIORITY["generator"]
     threads: training_threads()
     resources:
         **rule_resources("pretrain"),
@@ -59,6 +61,7 @@ rule get_generator:
         paradigm=one_of([name for name in DOWNLOADED if name not in TOKEN_PARADIGMS]),
     params:
         section=lambda wildcards: config["generators"][wildcards.paradigm],
+    priority: PRIORITY["generator"]
     resources:
         **rule_resources("get_generator"),
     log:
