@@ -50,8 +50,10 @@ def training_threads():
 # Which ready job runs first on a few cores: the inputs every setting shares, then each setting's long chain
 # (pretrain -> tune-static -> train -> fidelity -> tradeoff, refine), while the short sample and evaluate jobs
 # (priority 0) fill the free core. Left to itself Snakemake started MaskGIT's policy training 10 minutes after it
-# could, and the demo's last 6 minutes ran that chain on one core.
-PRIORITY = {"shared": 40, "generator": 30, "policy": 20, "measure": 10}
+# could, and the demo's last 6 minutes ran that chain on one core. The scheduler maximises the sum of the
+# priorities of the jobs it starts together, so the evaluator, which takes both cores, outweighs any two others:
+# else it waits for a moment when both are free, and every tune-static waits with it.
+PRIORITY = {"evaluator": 100, "shared": 40, "generator": 30, "policy": 20, "measure": 10}
 
 
 wildcard_constraints:

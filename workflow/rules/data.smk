@@ -23,7 +23,7 @@ rule train_evaluator:
         info=str(PATHS.evaluator_info),
     params:
         section=config["evaluator"],
-    priority: PRIORITY["shared"]
+    priority: PRIORITY["evaluator"]
     threads: 2
     resources:
         **rule_resources("train_evaluator"),
