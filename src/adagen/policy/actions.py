@@ -32,8 +32,9 @@ def inverse_smooth(sequence_T: Tensor, s: float) -> Tensor:
 class ActionMap:
     """One generator's action keys, residual tables and smoothing; `num_actions` outputs of the policy.
 
-    Call `start(batch)` at the beginning of each rollout, then `apply(state, u, k)` at each decision: it returns
-    the next smoothing state (pre-activation values, detached) and the actions {name: (B,)}.
+    At each decision, `target(u, k)` adds step k's residual to the policy output u, and `apply(previous, z)`
+    smooths that target with the previous pre-activation values (None at k = 0): it returns the next smoothing
+    state (pre-activation values, detached) and the actions {name: (B,)}.
     """
 
     def __init__(self, generator: StepwiseGenerator, smoothing: float, schedule: dict[str, Tensor] | None = None):
@@ -62,17 +63,10 @@ class ActionMap:
         """Unsmoothed pre-activation values z_k = u_k + residual[k] (B, A), in float64."""
         return u_BA.double() + self.residual[k].to(u_BA.device)
 
-    def smoothed(self, previous_BA: Tensor | None, z_BA: Tensor) -> Tensor:
-        """One step of the causal low-pass: a_k from a_{k-1} and z_k."""
-        return z_BA if previous_BA is None else self.smoothing * previous_BA + (1 - self.smoothing) * z_BA
-
-    def pre_activation(self, previous_BA: Tensor | None, u_BA: Tensor, k: int) -> Tensor:
-        """Smoothed pre-activation values a_k (B, A)."""
-        return self.smoothed(previous_BA, self.target(u_BA, k))
-
     def activate(self, a_BA: Tensor) -> dict[str, Tensor]:
         return {spec.name: spec.activation(a_BA[:, i]).float() for i, spec in enumerate(self.specs)}
 
-    def apply(self, previous_BA: Tensor | None, u_BA: Tensor, k: int) -> tuple[Tensor, dict[str, Tensor]]:
-        a = self.pre_activation(previous_BA, u_BA, k)
+    def apply(self, previous_BA: Tensor | None, z_BA: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One step of the causal low-pass, a_k from a_{k-1} and z_k, and its actions."""
+        a = z_BA if previous_BA is None else self.smoothing * previous_BA + (1 - self.smoothing) * z_BA
         return a.detach(), self.activate(a)

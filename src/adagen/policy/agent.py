@@ -64,14 +64,15 @@ class AdaptivePolicy:
                 raise ValueError("a blend of two policies acts deterministically, each with its action map")
             z = (1 - self.lam) * self.action_map.target(mean, k) + self.lam * self.blend_map.target(
                 self.blend(features, k_B), k)
-            self._previous = self.action_map.smoothed(self._previous, z).detach()
-            return self.action_map.activate(self._previous)
-        u = mean
-        if self.std is not None:
-            rank, world = self.shard
-            rows = mean.shape[0]
-            noise = torch.randn((rows * world, *mean.shape[1:]), generator=self.noise)[rank * rows : (rank + 1) * rows]
-            u = mean + self.std * noise.to(mean.device)
-            self.transitions.append(Transition(features, k, u, gaussian_log_prob(u, mean, self.std)))
-        self._previous, actions = self.action_map.apply(self._previous, u, k)
+        else:
+            u = mean
+            if self.std is not None:
+                rank, world = self.shard
+                rows = mean.shape[0]
+                noise = torch.randn((rows * world, *mean.shape[1:]), generator=self.noise)
+                noise = noise[rank * rows : (rank + 1) * rows]  # this rank's rows of the global batch's noise
+                u = mean + self.std * noise.to(mean.device)
+                self.transitions.append(Transition(features, k, u, gaussian_log_prob(u, mean, self.std)))
+            z = self.action_map.target(u, k)
+        self._previous, actions = self.action_map.apply(self._previous, z)  # the one smoothing both share
         return actions
