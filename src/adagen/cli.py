@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from adagen import stages
+from adagen.allocator import keep_freed_memory
 from adagen.config import ParamsError, Paths, load_params, params_hash
 from adagen.generate import SELECTIONS
 from adagen.generators import paradigm_of
@@ -194,6 +195,7 @@ def train_job(params_path: Path, paradigm: str, variant: str) -> None:
     With several tasks, they form a torch.distributed group; rank 0 tracks the run and writes the outputs."""
     from adagen import distributed
 
+    keep_freed_memory()  # the job's own process (submitit's), which did not start through `run`
     if launched_tasks() > 1:
         import submitit
 
@@ -410,5 +412,11 @@ def validate(params_path: Path) -> None:
     click.echo(f"{params_path}: valid")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `adagen` command: the stages in a process whose allocator keeps freed memory (adagen.allocator)."""
+    keep_freed_memory()
     main()
+
+
+if __name__ == "__main__":
+    run()
