@@ -3,9 +3,10 @@
 PyTorch on a CPU allocates and frees the same activation buffers at every network call. glibc serves each large
 buffer with a fresh mmap and unmaps it when it is freed (and returns the free top of its heap to the system), so
 the next call faults every page of its activations in again. In the embedded default's refinement and sampling
-that was 15-20 % of the wall time, nearly all of it system time. Served from a heap that keeps freed memory, the
-buffers are reused instead. Where a tensor lives changes no number: images, metrics and weights stay the same to
-the bit (benchmarks/allocator.py measures both).
+that was 15-20 % of the wall time, nearly all of it system time. Served from a heap that keeps freed memory, most
+buffers reuse pages already faulted in. Not all: small allocations split some freed buffers, and the heap grows
+for the next large one (tests/test_allocator.py counts the faults). Where a tensor lives changes no number:
+images, metrics and weights stay the same to the bit (benchmarks/allocator.py measures both).
 
 `adagen`'s command line sets it for its own process and the training job's; a library user can call it too.
 """
